@@ -1,0 +1,151 @@
+"""Behaviour every model file must have, run for each registered model (gpt, ngpt, angpt)."""
+
+import dataclasses
+import importlib
+import math
+
+import pytest
+import torch
+
+from conftest import REPO  # noqa: F401  (puts the repo on sys.path)
+import train
+
+MODELS = list(train.MODELS)
+VOCAB = 65
+
+
+def tiny_model(name, **overrides):
+    module = importlib.import_module(name)
+    args = dict(block_size=32, vocab_size=VOCAB, n_layer=2, n_head=2, n_embd=32)
+    args.update(overrides)
+    torch.manual_seed(0)
+    return module, module.Model(module.Config(**args))
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_every_model_file_has_the_shared_interface(name):
+    module = importlib.import_module(name)
+    assert dataclasses.is_dataclass(module.Config)
+    fields = {f.name for f in dataclasses.fields(module.Config)}
+    assert set(train.SIZE_FIELDS) <= fields
+    assert set(module.RECIPE) == {"learning_rate", "min_lr_ratio", "warmup_iters", "weight_decay",
+                                  "beta1", "beta2", "grad_clip"}
+    for method in ("forward", "optimizer_groups", "after_step", "generate", "num_params"):
+        assert callable(getattr(module.Model, method))
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_forward_returns_logits_for_every_position_with_targets_and_the_last_without(name):
+    _, model = tiny_model(name)
+    idx = torch.randint(0, VOCAB, (3, 20))
+    logits, loss = model(idx, idx)
+    assert logits.shape == (3, 20, VOCAB) and loss.shape == ()
+    logits, loss = model(idx)
+    assert logits.shape == (3, 1, VOCAB) and loss is None
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_changing_token_t_leaves_the_logits_before_t_unchanged(name):
+    _, model = tiny_model(name)
+    idx = torch.randint(0, VOCAB, (2, 24))
+    changed = idx.clone()
+    t = 15
+    changed[:, t] = (changed[:, t] + 1) % VOCAB
+    before, _ = model(idx, idx)
+    after, _ = model(changed, changed)
+    assert torch.equal(before[:, :t], after[:, :t])
+    assert not torch.allclose(before[:, t:], after[:, t:])
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_initial_loss_is_close_to_log_vocab_size(name):
+    _, model = tiny_model(name, n_embd=64, n_head=4)
+    idx = torch.randint(0, VOCAB, (8, 32))
+    _, loss = model(idx, torch.randint(0, VOCAB, (8, 32)))
+    assert abs(loss.item() - math.log(VOCAB)) < 0.1
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_a_tiny_model_overfits_one_batch(name):
+    module, model = tiny_model(name)
+    torch.manual_seed(1)
+    idx = torch.randint(0, VOCAB, (2, 32))
+    x, y = idx[:, :-1], idx[:, 1:]
+    optimizer = torch.optim.AdamW(model.optimizer_groups(0.0), lr=1e-2, betas=(0.9, 0.95))
+    model.after_step()
+    first = None
+    for _ in range(150):
+        _, loss = model(x, y)
+        first = first if first is not None else loss.item()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        model.after_step()
+    assert first > 3.5 and loss.item() < 0.5
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_weight_decay_applies_to_matrices_only(name):
+    _, model = tiny_model(name)
+    decay, no_decay = model.optimizer_groups(0.1)
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() < 2 for p in no_decay["params"])
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_generate_extends_the_prompt_with_valid_tokens(name):
+    _, model = tiny_model(name, block_size=8)
+    prompt = torch.randint(0, VOCAB, (2, 5))
+    out = model.generate(prompt, max_new_tokens=12, temperature=0.9, top_k=10)  # longer than block_size
+    assert out.shape == (2, 17)
+    assert torch.equal(out[:, :5], prompt)
+    assert int(out.min()) >= 0 and int(out.max()) < VOCAB
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_both_positional_encodings_run(name):
+    for rope in ("standard", "reference"):
+        _, model = tiny_model(name, rope=rope)
+        idx = torch.randint(0, VOCAB, (2, 16))
+        _, loss = model(idx, idx)
+        assert torch.isfinite(loss)
+
+
+def test_standard_rope_preserves_norms_and_depends_only_on_relative_position():
+    import gpt
+
+    head_dim, T = 16, 12
+    tables = gpt.rope_tables("standard", T, head_dim, "cpu")
+    q, k = torch.randn(head_dim), torch.randn(head_dim)
+    rotated_q = gpt.apply_rope("standard", q.expand(1, 1, T, head_dim), tables)[0, 0]
+    rotated_k = gpt.apply_rope("standard", k.expand(1, 1, T, head_dim), tables)[0, 0]
+    assert torch.allclose(rotated_q.norm(dim=-1), q.norm().expand(T), atol=1e-5)
+    scores = rotated_q @ rotated_k.T  # (T, T): q at position i against k at position j
+    assert torch.allclose(scores[3, 1], scores[9, 7], atol=1e-5)  # both offset 2
+    assert torch.allclose(scores[5, 5], scores[0, 0], atol=1e-5)
+
+
+def test_reference_rope_is_the_official_elementwise_transform():
+    import gpt
+
+    head_dim, T = 8, 5
+    x = torch.randn(1, 1, T, head_dim)
+    out = gpt.apply_rope("reference", x, gpt.rope_tables("reference", T, head_dim, "cpu"))[0, 0]
+    for p in range(T):
+        table = torch.tensor([[math.sin(p * 10000 ** (-2 * j / head_dim)), math.cos(p * 10000 ** (-2 * j / head_dim))]
+                              for j in range(head_dim // 2)]).flatten()
+        a, b = table[: head_dim // 2], table[head_dim // 2:]
+        for i in range(head_dim // 2):
+            assert torch.allclose(out[p, 2 * i], -x[0, 0, p, 2 * i + 1] * b[i], atol=1e-6)
+            assert torch.allclose(out[p, 2 * i + 1], x[0, 0, p, 2 * i] * a[i], atol=1e-6)
+    assert torch.all(out[0, 0::4] == 0)  # at p = 0 every even pair is zeroed (NVIDIA/ngpt issue #10)
+
+
+def test_gpt_qk_norm_adds_per_head_gains_and_changes_the_output():
+    _, plain = tiny_model("gpt")
+    _, normed = tiny_model("gpt", qk_norm=True)
+    names = {n for n, _ in normed.named_parameters()} - {n for n, _ in plain.named_parameters()}
+    assert names == {f"transformer.h.{i}.attn.{w}.weight" for i in range(2) for w in ("q_norm", "k_norm")}
+    idx = torch.randint(0, VOCAB, (2, 16))
+    assert not torch.allclose(plain(idx, idx)[0], normed(idx, idx)[0])

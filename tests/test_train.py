@@ -1,0 +1,161 @@
+"""train.py end to end: logs, checkpoints, resume, DDP, settings, bad input; and sample.py on its checkpoint."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from conftest import TINY, run_script
+import train
+
+
+def read_log(out_dir):
+    return [json.loads(line) for line in (out_dir / "log.jsonl").read_text().splitlines()]
+
+
+def train_tiny(char_dataset, out_dir, *extra, model="gpt"):
+    data_dir, name = char_dataset
+    return train.main(["--model", model, *TINY, "--data_dir", data_dir, "--dataset", name,
+                       "--out_dir", str(out_dir), *extra])
+
+
+@pytest.fixture(scope="module")
+def tiny_run(char_dataset, tmp_path_factory):
+    out_dir = tmp_path_factory.mktemp("run")
+    final = train_tiny(char_dataset, out_dir, "--max_iters", "6", "--eval_interval", "3", "--log_interval", "2")
+    return out_dir, final
+
+
+def test_a_run_writes_the_log_the_config_and_a_checkpoint(tiny_run):
+    out_dir, final = tiny_run
+    records = read_log(out_dir)
+    evals = [r for r in records if "val_loss" in r]
+    steps = [r for r in records if "loss" in r]
+    assert [r["iter"] for r in evals] == [0, 3, 6]
+    assert [r["iter"] for r in steps] == [1, 3, 5]
+    for r in evals:
+        assert {"iter", "tokens", "train_loss", "val_loss", "time_s"} <= set(r)
+    for r in steps:
+        assert {"iter", "loss", "lr", "ms_per_step", "tokens_per_s"} <= set(r)
+        assert math.isfinite(r["loss"]) and r["ms_per_step"] > 0
+    assert evals[-1]["tokens"] == 6 * 4 * 32
+    assert final["val_loss"] == evals[-1]["val_loss"]
+    config = json.loads((out_dir / "config.json").read_text())
+    assert config["model"] == "gpt" and config["n_embd"] == 32 and config["learning_rate"] == train.load_model_module("gpt").RECIPE["learning_rate"]
+    ckpt = torch.load(out_dir / "ckpt.pt", weights_only=True)
+    assert ckpt["iter_num"] == 6 and ckpt["model_name"] == "gpt"
+    assert ckpt["best_val_loss"] == min(r["val_loss"] for r in evals)
+    assert {"model", "optimizer", "model_config", "settings", "rng_cpu"} <= set(ckpt)
+
+
+def test_loss_goes_down_in_a_short_run(char_dataset, tmp_path):
+    final = train_tiny(char_dataset, tmp_path, "--max_iters", "60", "--eval_interval", "60", "--warmup_iters", "0")
+    first_eval = read_log(tmp_path)[0]
+    assert first_eval["val_loss"] > 3.8 and final["val_loss"] < first_eval["val_loss"] - 0.8
+
+
+@pytest.mark.parametrize("model", train.MODELS)
+def test_resume_continues_with_the_same_losses_as_an_uninterrupted_run(char_dataset, tmp_path, model):
+    common = ["--max_iters", "12", "--eval_interval", "4", "--log_interval", "1", "--model", model]
+    train_tiny(char_dataset, tmp_path / "whole", *common)
+    stopped = train_tiny(char_dataset, tmp_path / "parts", *common, "--max_iters_per_launch", "6")
+    assert stopped["stopped"] and torch.load(tmp_path / "parts" / "ckpt.pt", weights_only=True)["iter_num"] == 6
+    train_tiny(char_dataset, tmp_path / "parts", *common, "--resume")
+    whole, parts = read_log(tmp_path / "whole"), read_log(tmp_path / "parts")
+    assert [r["iter"] for r in whole] == [r["iter"] for r in parts]
+    for a, b in zip(whole, parts):
+        for key in ("loss", "val_loss", "train_loss", "lr"):
+            if key in a:
+                assert a[key] == pytest.approx(b[key], abs=1e-6), (a["iter"], key)
+
+
+def test_two_processes_match_one_process_with_gradient_accumulation(char_dataset, tmp_path):
+    data_dir, name = char_dataset
+    args = ["--model", "gpt", *TINY, "--data_dir", data_dir, "--dataset", name, "--max_iters", "10",
+            "--log_interval", "1", "--eval_interval", "5", "--gradient_accumulation_steps", "2"]
+    single = run_script("train.py", *args, "--out_dir", str(tmp_path / "single"))
+    assert single.returncode == 0, single.stderr
+    ddp = run_script("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "train.py", *args,
+                     "--out_dir", str(tmp_path / "ddp"))
+    assert ddp.returncode == 0, ddp.stderr[-2000:]
+    one, two = read_log(tmp_path / "single"), read_log(tmp_path / "ddp")
+    assert json.loads((tmp_path / "ddp" / "config.json").read_text())["world_size"] == 2
+    losses_one = [r["loss"] for r in one if "loss" in r]
+    losses_two = [r["loss"] for r in two if "loss" in r]
+    assert len(losses_one) == len(losses_two) == 10
+    assert losses_one == pytest.approx(losses_two, abs=1e-5)
+    val_one = [r["val_loss"] for r in one if "val_loss" in r]
+    val_two = [r["val_loss"] for r in two if "val_loss" in r]
+    assert val_one == pytest.approx(val_two, abs=1e-5)
+
+
+def test_the_lr_schedule_warms_up_linearly_then_decays_by_cosine_to_min_lr():
+    s = dict(learning_rate=1.0, min_lr=0.1, warmup_iters=10, max_iters=110)
+    assert train.get_lr(0, s) == pytest.approx(1 / 11)
+    assert train.get_lr(9, s) == pytest.approx(10 / 11)
+    assert train.get_lr(10, s) == pytest.approx(1.0)
+    assert train.get_lr(60, s) == pytest.approx(0.55)
+    assert train.get_lr(110, s) == pytest.approx(0.1)
+    no_warmup = dict(s, warmup_iters=0, min_lr=0.0, max_iters=100)
+    assert train.get_lr(0, no_warmup) == 1.0 and train.get_lr(50, no_warmup) == pytest.approx(0.5)
+
+
+def test_settings_come_from_preset_then_recipe_then_command_line():
+    s, module = train.resolve_settings(["--model", "gpt", "--device", "cpu"])
+    assert (s["preset"], s["n_layer"], s["n_embd"], s["block_size"], s["batch_size"], s["max_iters"]) == \
+        ("cpu", 4, 128, 64, 12, 2000)
+    assert s["learning_rate"] == module.RECIPE["learning_rate"] and s["weight_decay"] == module.RECIPE["weight_decay"]
+    assert s["min_lr"] == pytest.approx(s["learning_rate"] * module.RECIPE["min_lr_ratio"])
+    s, _ = train.resolve_settings(["--model", "gpt", "--device", "cpu", "--preset", "gpu", "--n_layer=3",
+                                   "--learning_rate", "1e-2", "--qk_norm", "true"])
+    assert (s["n_layer"], s["n_embd"], s["block_size"], s["learning_rate"], s["qk_norm"]) == (3, 384, 256, 1e-2, True)
+    assert s["out_dir"] == "out/gpt"
+
+
+BAD_INPUTS = {
+    "unknown model": ["--model", "transformerxl"],
+    "n_embd not divisible by n_head": ["--model", "gpt", "--n_embd", "100", "--n_head", "3"],
+    "missing data": ["--model", "gpt", "--dataset", "no_such_dataset"],
+    "unknown option": ["--model", "gpt", "--n_layers", "4"],
+    "bad value": ["--model", "gpt", "--max_iters", "many"],
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
+def test_bad_input_exits_with_one_clear_error_line(case, tmp_path):
+    out_dir = tmp_path / "out"
+    result = run_script("train.py", *BAD_INPUTS[case], "--device", "cpu", "--out_dir", str(out_dir),
+                        "--data_dir", str(tmp_path / "data"))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("train.py: error: "), result.stderr
+    assert not out_dir.exists()
+
+
+@pytest.mark.parametrize("script", ["train.py", "prepare_data.py", "sample.py"])
+def test_help_works(script):
+    result = run_script(script, "--help")
+    assert result.returncode == 0 and "usage:" in result.stdout
+
+
+def test_help_shows_the_defaults_of_every_preset_and_model():
+    help_text = train.build_parser().format_help()
+    assert "cpu 2000, gpu 5000" in help_text  # --max_iters by preset
+    assert "gpt 0.1" in help_text  # --weight_decay from gpt's RECIPE
+    assert "--qk_norm" in help_text and "--rope" in help_text
+
+
+def test_sample_prints_text_from_a_checkpoint(tiny_run):
+    out_dir, _ = tiny_run
+    result = run_script("sample.py", "--out_dir", str(out_dir), "--num_samples", "2", "--max_new_tokens", "40",
+                        "--start", "ROMEO:")
+    assert result.returncode == 0, result.stderr
+    samples = result.stdout.split("---------------")
+    assert len(samples) == 3 and samples[0].strip().startswith("ROMEO:") and len(samples[1].strip()) > 40
+
+
+def test_sample_without_a_checkpoint_says_how_to_make_one(tmp_path):
+    result = run_script("sample.py", "--out_dir", str(tmp_path))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()] and "python train.py" in result.stderr

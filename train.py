@@ -1,0 +1,545 @@
+"""
+The one training loop for every model in this suite: GPT (gpt.py), nGPT (ngpt.py) and anGPT (angpt.py).
+
+On a laptop or any CPU (the "cpu" preset: tiny Shakespeare characters, 4 layers, width 128, about 2 minutes):
+$ python train.py --model gpt
+
+On one GPU (the "gpu" preset: nanoGPT's shakespeare_char config, 6 layers, width 384, context 256):
+$ python train.py --model ngpt
+
+A paper-like run (GPT-2 BPE OpenWebText, context 1024, 512 sequences per step) on 8 GPUs of one node:
+$ python prepare_data.py openwebtext
+$ torchrun --standalone --nproc_per_node=8 train.py --model angpt --preset owt
+
+Any option overrides the preset and the model's recipe, as --key value or --key=value:
+$ python train.py --model ngpt --max_iters 500 --learning_rate 4e-3 --out_dir out/ngpt-short
+
+Settings are resolved in this order, later ones winning: the preset (sizes, data, schedule length; picked by
+the device unless --preset says otherwise), the model file's RECIPE (learning rate, warmup, weight decay,
+betas, gradient clipping: each paper's own recipe), the model's Config defaults (model options such as
+--rope), then the command line. `python train.py --help` lists every option with its defaults.
+
+Each run writes into --out_dir (default out/<model>):
+  log.jsonl    one JSON object per line: a step record every --log_interval steps
+               {iter, tokens, loss, lr, ms_per_step, tokens_per_s, time_s} and an eval record every
+               --eval_interval steps {iter, tokens, train_loss, val_loss, lr, time_s, wall_s}
+  config.json  the resolved settings
+  ckpt.pt      the latest checkpoint (model, optimizer, settings, iteration, RNG state, best val loss);
+               `--resume` continues from it
+"""
+
+import argparse
+import dataclasses
+import difflib
+import importlib
+import json
+import math
+import os
+import pickle
+import signal
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+import prepare_data
+
+HERE = Path(__file__).resolve().parent
+
+# -----------------------------------------------------------------------------
+# Models: every model file that exists is registered under its file name
+MODEL_FILES = ("gpt", "ngpt", "angpt")
+MODELS = tuple(name for name in MODEL_FILES if (HERE / f"{name}.py").exists())
+SIZE_FIELDS = ("block_size", "vocab_size", "n_layer", "n_head", "n_embd")  # set by presets and data
+RECIPE_KEYS = ("learning_rate", "warmup_iters", "weight_decay", "beta1", "beta2", "grad_clip")
+
+
+def load_model_module(name):
+    return importlib.import_module(name)
+
+
+# -----------------------------------------------------------------------------
+# Settings. Presets hold sizes, data and the length of the run; the model's RECIPE holds the optimizer.
+DEFAULTS = dict(
+    # I/O
+    out_dir=None,               # default: out/<model>
+    eval_interval=250,
+    eval_iters=50,              # batches per evaluation; the same fixed batches every time
+    log_interval=10,
+    resume=False,
+    # data
+    dataset="shakespeare_char",
+    data_dir="data",
+    batch_size=12,              # sequences per micro-step per process
+    gradient_accumulation_steps=1,  # micro-steps per optimizer step, summed over all processes
+    # model: the size fields come from the preset, the model options from the model's Config
+    n_layer=4, n_head=4, n_embd=128, block_size=64,
+    # optimizer and LR schedule: defaults come from the model file's RECIPE
+    learning_rate=None, min_lr=None, warmup_iters=None, weight_decay=None,
+    beta1=None, beta2=None, grad_clip=None,
+    max_iters=2000,             # optimizer steps; the cosine schedule decays over all of them
+    max_iters_per_launch=0,     # stop (checkpoint, exit) after this many steps; 0: no limit. For job slots
+    # system
+    device=None,                # default: cuda if available, else cpu
+    dtype=None,                 # default: bfloat16 autocast on CUDA, float32 on CPU
+    compile=False,
+    seed=1337,
+)
+PRESETS = {
+    # nanoGPT README's laptop run: 4 layers, 4 heads, width 128, context 64, batch 12, 2000 iterations
+    "cpu": dict(dataset="shakespeare_char", n_layer=4, n_head=4, n_embd=128, block_size=64,
+                batch_size=12, gradient_accumulation_steps=1, max_iters=2000, eval_interval=250,
+                eval_iters=50, log_interval=10, compile=False),
+    # nanoGPT's config/train_shakespeare_char.py (without dropout, which the papers do not use)
+    "gpu": dict(dataset="shakespeare_char", n_layer=6, n_head=6, n_embd=384, block_size=256,
+                batch_size=64, gradient_accumulation_steps=1, max_iters=5000, eval_interval=250,
+                eval_iters=200, log_interval=10, compile=True),
+    # paper-like: GPT-2 BPE OpenWebText, context 1k, 512 sequences (0.5M tokens) per step as in the nGPT
+    # paper, GPT-2 small's width and depth so that it fits one node; NVIDIA's examples run 10k steps.
+    # The nGPT paper warms GPT up for 2000 steps: add --warmup_iters 2000 for --model gpt.
+    "owt": dict(dataset="openwebtext", n_layer=12, n_head=12, n_embd=768, block_size=1024,
+                batch_size=16, gradient_accumulation_steps=32, max_iters=10000, eval_interval=1000,
+                eval_iters=100, log_interval=10, compile=True),
+}
+
+
+class ConfigError(Exception):
+    """A problem with the user's settings or files, reported as one line without a traceback."""
+
+
+def model_options():
+    """{option: (default, [models])} for every Config field of every model beyond the size fields."""
+    options = {}
+    for name in MODELS:
+        for f in dataclasses.fields(load_model_module(name).Config):
+            if f.name not in SIZE_FIELDS:
+                options.setdefault(f.name, (f.default, []))[1].append(name)
+    return options
+
+
+def parse_bool(text):
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):
+        # one line, no usage block: the user sees what was wrong and where to look
+        if message.startswith("unrecognized arguments:"):
+            known = [o for action in self._actions for o in action.option_strings]
+            for word in message.split(":", 1)[1].split():
+                close = difflib.get_close_matches(word.split("=")[0], known, n=1)
+                if close:
+                    message += f" (did you mean {close[0]}?)"
+        self.exit(2, f"{self.prog}: error: {message} (see: python {self.prog} --help)\n")
+
+
+def build_parser():
+    p = Parser(prog="train.py", description="Train GPT, nGPT or anGPT with one shared loop.",
+               formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("Each run writes")[0])
+    p.add_argument("--model", required=True, choices=MODELS, help="which model file to train")
+    p.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                   help="default: gpu if CUDA is available, else cpu")
+
+    def by_preset(key):
+        return ", ".join(f"{name} {preset.get(key, DEFAULTS[key])}" for name, preset in PRESETS.items())
+
+    def by_model(key):
+        return ", ".join(f"{name} {load_model_module(name).RECIPE[key]:g}" for name in MODELS)
+
+    types = {bool: parse_bool, int: int, float: float, str: str}
+    for key, default in DEFAULTS.items():
+        if key == "resume":
+            p.add_argument("--resume", nargs="?", const=True, type=parse_bool, default=None,
+                           help="continue from <out_dir>/ckpt.pt (default: false)")
+            continue
+        if key in RECIPE_KEYS:
+            kind, help_text = float if key != "warmup_iters" else int, f"default from the model's RECIPE: {by_model(key)}"
+        elif key == "min_lr":
+            kind, help_text = float, "default: learning_rate * the RECIPE's min_lr_ratio " + f"({by_model('min_lr_ratio')})"
+        elif any(key in preset for preset in PRESETS.values()):
+            kind, help_text = type(default), f"default by preset: {by_preset(key)}"
+        else:
+            kind, help_text = type(default) if default is not None else str, f"default: {default}"
+        if key == "device":
+            help_text = "cpu, cuda or cuda:N (default: cuda if available, else cpu)"
+        if key == "dtype":
+            help_text = "float32 or bfloat16 (autocast); default: bfloat16 on CUDA, float32 on CPU"
+        if key == "out_dir":
+            help_text = "default: out/<model>"
+        p.add_argument(f"--{key}", type=types[kind], default=None, help=help_text)
+    for key, (default, owners) in model_options().items():
+        p.add_argument(f"--{key}", type=types[type(default)], default=None,
+                       help=f"model option of {', '.join(owners)} (default: {default})")
+    return p
+
+
+def resolve_settings(argv):
+    """Command line -> (settings dict, model module, model Config). Raises ConfigError on bad input."""
+    args = build_parser().parse_args(argv)
+    given = {k: v for k, v in vars(args).items() if v is not None}
+    module = load_model_module(args.model)
+    config_fields = {f.name: f.default for f in dataclasses.fields(module.Config)}
+    for key in given:
+        if key in model_options() and key not in config_fields:
+            raise ConfigError(f"--{key} is not an option of model {args.model}")
+
+    device = given.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
+    preset = given.get("preset") or ("gpu" if device.startswith("cuda") else "cpu")
+    s = dict(DEFAULTS, model=args.model, preset=preset)
+    s.update(PRESETS[preset])
+    s.update({k: module.RECIPE[k] for k in RECIPE_KEYS})
+    s.update({k: v for k, v in config_fields.items() if k not in SIZE_FIELDS})
+    s.update(given)
+    s["device"] = device
+    if s.get("min_lr") is None:
+        s["min_lr"] = s["learning_rate"] * module.RECIPE["min_lr_ratio"]
+    if s["out_dir"] is None:
+        s["out_dir"] = os.path.join("out", args.model)
+    if s["dtype"] is None:
+        s["dtype"] = "bfloat16" if device.startswith("cuda") else "float32"
+
+    # checks that would otherwise surface as a traceback deep inside the model or the loop
+    if s["dtype"] not in ("float32", "bfloat16"):
+        raise ConfigError(f"--dtype {s['dtype']} is not supported; use float32 or bfloat16")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device} was asked for but CUDA is not available; use --device cpu")
+    if not (device == "cpu" or device.startswith("cuda")):
+        raise ConfigError(f"--device {device} is not supported; use cpu, cuda or cuda:N")
+    for key in ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "gradient_accumulation_steps",
+                "eval_interval", "eval_iters", "log_interval"):
+        if s[key] < 1:
+            raise ConfigError(f"--{key} must be at least 1, got {s[key]}")
+    if s["max_iters"] < 0:
+        raise ConfigError(f"--max_iters must be at least 0, got {s['max_iters']}")
+    if s["n_embd"] % s["n_head"] != 0:
+        raise ConfigError(f"n_embd ({s['n_embd']}) must be divisible by n_head ({s['n_head']})")
+    if (s["n_embd"] // s["n_head"]) % 2 != 0:
+        raise ConfigError(f"the head size n_embd/n_head ({s['n_embd'] // s['n_head']}) must be even for rotary embeddings")
+    if s["learning_rate"] <= 0:
+        raise ConfigError(f"--learning_rate must be positive, got {s['learning_rate']}")
+    return s, module
+
+
+# -----------------------------------------------------------------------------
+# Data: nanoGPT's format, train.bin/val.bin of uint16 token ids and an optional meta.pkl
+
+def dataset_dir(s):
+    """The folder with the dataset's bins, preparing a known dataset the first time it is used."""
+    folder = Path(s["data_dir"]) / s["dataset"]
+    if not ((folder / "train.bin").exists() and (folder / "val.bin").exists()):
+        if s["dataset"] not in prepare_data.KNOWN_DATASETS:
+            raise ConfigError(f"no train.bin/val.bin in {folder}; prepare it with "
+                              f"python prepare_data.py --input FILE --name {s['dataset']}")
+        print(f"preparing dataset {s['dataset']} in {folder} (first use)")
+        prepare_data.prepare(s["dataset"], data_dir=s["data_dir"])
+    return folder
+
+
+def read_vocab_size(folder):
+    """From meta.pkl (char-level data); GPT-2's 50257 padded to 50304 when there is none (nanoGPT)."""
+    meta_path = folder / "meta.pkl"
+    if meta_path.exists():
+        with open(meta_path, "rb") as f:
+            meta = pickle.load(f)
+        if meta.get("tokenizer", "char") == "char":
+            return meta["vocab_size"]
+    return 50304
+
+
+class Batches:
+    """Random windows of the token stream, a pure function of (seed, iteration): the data order does not
+    depend on the number of processes, and a resumed run sees the same batches as an uninterrupted one."""
+
+    def __init__(self, folder, block_size, device):
+        self.folder, self.block_size, self.device = folder, block_size, device
+        for split in ("train", "val"):
+            n = len(self.tokens(split))
+            if n <= block_size:
+                raise ConfigError(f"{folder / (split + '.bin')} has {n} tokens, not more than "
+                                  f"block_size {block_size}; use a smaller --block_size or more data")
+
+    def tokens(self, split):
+        # a fresh memmap per call, as nanoGPT does, so that memory does not grow over a long run
+        return np.memmap(self.folder / f"{split}.bin", dtype=np.uint16, mode="r")
+
+    def get(self, split, seed, count):
+        """`count` sequences (x, y), each (count, block_size), drawn with the given seed."""
+        data = self.tokens(split)
+        g = torch.Generator().manual_seed(seed)
+        starts = torch.randint(len(data) - self.block_size, (count,), generator=g).tolist()
+        x = torch.from_numpy(np.stack([data[i:i + self.block_size] for i in starts]).astype(np.int64))
+        y = torch.from_numpy(np.stack([data[i + 1:i + 1 + self.block_size] for i in starts]).astype(np.int64))
+        if self.device.startswith("cuda"):
+            # pinned memory lets the copy to the GPU run asynchronously
+            return x.pin_memory().to(self.device, non_blocking=True), y.pin_memory().to(self.device, non_blocking=True)
+        return x.to(self.device), y.to(self.device)
+
+
+# -----------------------------------------------------------------------------
+# Learning-rate schedule: linear warmup, then cosine decay from learning_rate to min_lr over the run
+
+def get_lr(it, s):
+    if it < s["warmup_iters"]:
+        return s["learning_rate"] * (it + 1) / (s["warmup_iters"] + 1)
+    decay_iters = max(1, s["max_iters"] - s["warmup_iters"])
+    progress = min(1.0, (it - s["warmup_iters"]) / decay_iters)
+    return s["min_lr"] + 0.5 * (1.0 + math.cos(math.pi * progress)) * (s["learning_rate"] - s["min_lr"])
+
+
+# -----------------------------------------------------------------------------
+# Checkpoints and logs
+
+def save_checkpoint(path, state):
+    """Write to a temporary file beside the target, then rename: a crash leaves the old checkpoint intact."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path):
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a truncated or foreign file: say which, not where in the unpickler it broke
+        raise ConfigError(f"cannot read checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
+
+
+def read_log(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def fmt_duration(seconds):
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+# -----------------------------------------------------------------------------
+
+def main(argv=None):
+    s, module = resolve_settings(argv)
+
+    # DDP: torchrun sets RANK, LOCAL_RANK and WORLD_SIZE; one process per GPU (or per CPU process with gloo)
+    ddp = int(os.environ.get("RANK", -1)) != -1
+    if ddp:
+        backend = "nccl" if s["device"].startswith("cuda") else "gloo"
+        dist.init_process_group(backend=backend)
+        rank, world_size = dist.get_rank(), dist.get_world_size()
+        if s["device"].startswith("cuda"):
+            s["device"] = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+            torch.cuda.set_device(s["device"])
+    else:
+        rank, world_size = 0, 1
+    master = rank == 0
+    if s["gradient_accumulation_steps"] % world_size != 0:
+        raise ConfigError(f"gradient_accumulation_steps ({s['gradient_accumulation_steps']}) must be a multiple "
+                          f"of the number of processes ({world_size})")
+    micro_steps = s["gradient_accumulation_steps"] // world_size  # per process
+    sequences_per_iter = s["batch_size"] * s["gradient_accumulation_steps"]
+    tokens_per_iter = sequences_per_iter * s["block_size"]
+    out_dir = Path(s["out_dir"])
+    ckpt_path, log_path = out_dir / "ckpt.pt", out_dir / "log.jsonl"
+
+    device = s["device"]
+    device_type = "cuda" if device.startswith("cuda") else "cpu"
+    torch.manual_seed(s["seed"])
+    if device_type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    autocast = (nullcontext() if s["dtype"] == "float32"
+                else torch.autocast(device_type=device_type, dtype=torch.bfloat16))
+
+    checkpoint = None
+    if s["resume"]:
+        if not ckpt_path.exists():
+            raise ConfigError(f"--resume: no checkpoint at {ckpt_path}")
+        checkpoint = load_checkpoint(ckpt_path)
+        if checkpoint.get("model_name") != s["model"]:
+            raise ConfigError(f"--resume: {ckpt_path} holds a {checkpoint.get('model_name')} model, not {s['model']}")
+
+    # data
+    folder = dataset_dir(s) if master else Path(s["data_dir"]) / s["dataset"]
+    if ddp:
+        dist.barrier()  # rank 0 may have prepared the data
+    batches = Batches(folder, s["block_size"], device)
+    vocab_size = read_vocab_size(folder)
+
+    # model, from scratch or from the checkpoint
+    config_fields = {f.name for f in dataclasses.fields(module.Config)}
+    model_args = {k: s[k] for k in config_fields if k in s}
+    model_args["vocab_size"] = vocab_size
+    if checkpoint is not None:
+        saved = checkpoint["model_config"]
+        changed = [f"{k}={model_args[k]} (checkpoint: {saved[k]})" for k in saved if model_args.get(k) != saved[k]]
+        if changed:
+            raise ConfigError(f"--resume: the checkpoint was trained with other model settings: {', '.join(changed)}")
+    model = module.Model(module.Config(**model_args)).to(device)
+    optimizer = torch.optim.AdamW(model.optimizer_groups(s["weight_decay"]), lr=s["learning_rate"], betas=(s["beta1"], s["beta2"]),
+                                  fused=device_type == "cuda")
+    iter_num, best_val_loss, time_s = 0, float("inf"), 0.0
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        iter_num, best_val_loss, time_s = checkpoint["iter_num"], checkpoint["best_val_loss"], checkpoint["time_s"]
+        torch.set_rng_state(checkpoint["rng_cpu"])
+        if device_type == "cuda" and checkpoint.get("rng_cuda") is not None:
+            torch.cuda.set_rng_state(checkpoint["rng_cuda"])
+    model.after_step()  # nGPT and anGPT: weights on the sphere / in the ball before the first step
+    raw_model = model
+    if s["compile"]:
+        model = torch.compile(model)
+    if ddp:
+        model = DDP(model, device_ids=[int(os.environ["LOCAL_RANK"])] if device_type == "cuda" else None)
+
+    if master:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        settings = dict(s, vocab_size=vocab_size, world_size=world_size, tokens_per_iter=tokens_per_iter,
+                        num_params=raw_model.num_params(), torch=torch.__version__)
+        (out_dir / "config.json").write_text(json.dumps(settings, indent=2) + "\n")
+        if checkpoint is not None and log_path.exists():
+            # drop records from after the checkpoint: the resumed run writes them again
+            kept = [r for r in read_log(log_path) if r["iter"] < iter_num or (r["iter"] == iter_num and "val_loss" in r)]
+            log_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        elif checkpoint is None:
+            log_path.write_text("")
+        print(f"{s['model']}: {raw_model.num_params() / 1e6:.2f}M parameters, {tokens_per_iter:,} tokens per step, "
+              f"{world_size} process(es) on {device}, out_dir {out_dir}")
+
+    def log(record):
+        if master:
+            with open(log_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    # the evaluation batches are drawn once and reused, so that successive evaluations are comparable
+    eval_batches = {split: batches.get(split, seed=s["seed"] + 1 + k, count=s["eval_iters"] * s["batch_size"])
+                    for k, split in enumerate(("train", "val"))}
+
+    @torch.no_grad()
+    def evaluate():
+        model.eval()
+        out = {}
+        for split, (x, y) in eval_batches.items():
+            total = torch.zeros(2, device=device)  # (sum of losses, count) over this process's share
+            for i in range(rank, s["eval_iters"], world_size):
+                rows = slice(i * s["batch_size"], (i + 1) * s["batch_size"])
+                with autocast:
+                    _, loss = raw_model(x[rows], y[rows])
+                total += torch.stack((loss.float(), torch.ones((), device=device)))
+            if ddp:
+                dist.all_reduce(total)
+            out[split] = (total[0] / total[1]).item()
+        model.train()
+        return out
+
+    def checkpoint_state():
+        return dict(model=raw_model.state_dict(), optimizer=optimizer.state_dict(), model_name=s["model"],
+                    model_config=dataclasses.asdict(raw_model.config), settings=s, iter_num=iter_num,
+                    best_val_loss=best_val_loss, time_s=time_s, rng_cpu=torch.get_rng_state(),
+                    rng_cuda=torch.cuda.get_rng_state() if device_type == "cuda" else None)
+
+    # SIGINT (Ctrl-C) and SIGTERM (a job scheduler) end the run cleanly at the next step boundary
+    stop_requests = []
+    previous_handlers = {sig: signal.signal(sig, lambda signum, frame: stop_requests.append(signum))
+                         for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    # training loop
+    resumed, start_iter, start_wall = checkpoint is not None, iter_num, time.time()
+    last_log_time, last_log_iter = time.time(), iter_num
+    loss_sum = torch.zeros((), device=device)  # summed over the steps since the last log line
+    final = {}
+    while True:
+        # evaluate and checkpoint every eval_interval steps and at the end (the resumed start was done already)
+        if (iter_num % s["eval_interval"] == 0 or iter_num == s["max_iters"]) and not (resumed and iter_num == start_iter):
+            losses = evaluate()
+            best_val_loss = min(best_val_loss, losses["val"])
+            log(dict(iter=iter_num, tokens=iter_num * tokens_per_iter, train_loss=losses["train"],
+                     val_loss=losses["val"], lr=get_lr(iter_num, s), time_s=time_s, wall_s=time.time() - start_wall))
+            if master:
+                print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+                save_checkpoint(ckpt_path, checkpoint_state())
+            final = dict(iter=iter_num, train_loss=losses["train"], val_loss=losses["val"], best_val_loss=best_val_loss)
+            last_log_time = time.time()  # evaluation time does not count as training time
+        if iter_num >= s["max_iters"]:
+            break
+        launch_done = s["max_iters_per_launch"] and iter_num - start_iter >= s["max_iters_per_launch"]
+        stop = torch.tensor(float(bool(stop_requests) or bool(launch_done)))
+        if ddp and iter_num % s["log_interval"] == 0:
+            dist.all_reduce(stop, op=dist.ReduceOp.MAX)  # every process stops at the same step
+        if stop.item() > 0 and (not ddp or iter_num % s["log_interval"] == 0):
+            if master:
+                save_checkpoint(ckpt_path, checkpoint_state())
+                reason = "interrupted" if stop_requests else f"--max_iters_per_launch {s['max_iters_per_launch']} reached"
+                print(f"{reason}: checkpoint of step {iter_num} saved in {ckpt_path}; continue with: "
+                      f"python train.py --model {s['model']} --out_dir {out_dir} --resume")
+            final = dict(final, iter=iter_num, stopped=True)
+            break
+
+        # one optimizer step over gradient_accumulation_steps micro-batches of the global batch
+        step_start = time.time()
+        lr = get_lr(iter_num, s)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        x_all, y_all = batches.get("train", seed=s["seed"] * 1_000_003 + iter_num, count=sequences_per_iter)
+        for micro in range(micro_steps):
+            rows = slice((rank * micro_steps + micro) * s["batch_size"], (rank * micro_steps + micro + 1) * s["batch_size"])
+            # DDP averages gradients over processes on the last micro-step only
+            sync = nullcontext() if (not ddp or micro == micro_steps - 1) else model.no_sync()
+            with sync:
+                with autocast:
+                    _, loss = model(x_all[rows], y_all[rows])
+                # DDP's average over processes times this 1/micro_steps gives the mean over the global batch
+                (loss / micro_steps).backward()
+            loss_sum += loss.detach().float() / micro_steps
+        if s["grad_clip"] > 0:
+            torch.nn.utils.clip_grad_norm_(raw_model.parameters(), s["grad_clip"])
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        raw_model.after_step()
+        iter_num += 1
+        time_s += time.time() - step_start
+
+        if iter_num % s["log_interval"] == 0 or iter_num == s["max_iters"]:
+            # the only host sync in the loop: the mean loss over the steps since the last log, over all processes
+            steps = iter_num - last_log_iter
+            if ddp:
+                dist.all_reduce(loss_sum)
+            mean_loss = loss_sum.item() / steps / world_size
+            loss_sum.zero_()
+            now = time.time()
+            ms_per_step = (now - last_log_time) * 1000 / steps
+            last_log_time, last_log_iter = now, iter_num
+            record = dict(iter=iter_num - 1, tokens=iter_num * tokens_per_iter, loss=mean_loss, lr=lr,
+                          ms_per_step=ms_per_step, tokens_per_s=tokens_per_iter * 1000 / ms_per_step, time_s=time_s)
+            log(record)
+            if master:
+                eta = (s["max_iters"] - iter_num) * ms_per_step / 1000
+                print(f"iter {iter_num - 1}: loss {mean_loss:.4f}, lr {lr:.2e}, {ms_per_step:.1f} ms/step, "
+                      f"{record['tokens_per_s']:,.0f} tok/s, eta {fmt_duration(eta)}")
+
+    for sig, handler in previous_handlers.items():
+        signal.signal(sig, handler)
+    if master and not final.get("stopped"):
+        print(f"done: {iter_num - start_iter} steps in {fmt_duration(time.time() - start_wall)}, "
+              f"final val loss {final.get('val_loss', float('nan')):.4f}, best {best_val_loss:.4f}")
+    if ddp:
+        dist.destroy_process_group()
+    return final
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ConfigError, prepare_data.DataError) as e:
+        print(f"train.py: error: {e}", file=sys.stderr)
+        sys.exit(2)
