@@ -89,6 +89,7 @@ DEFAULTS = dict(
     dtype=None,                 # default: bfloat16 autocast on CUDA, float32 on CPU
     compile=False,
     seed=1337,
+    skip_nonfinite=0,           # skip up to this many steps whose loss or gradient is not finite; 0: stop at the first
 )
 PRESETS = {
     # nanoGPT README's laptop run: 4 layers, 4 heads, width 128, context 64, batch 12, 2000 iterations
@@ -110,6 +111,10 @@ PRESETS = {
 
 class ConfigError(Exception):
     """A problem with the user's settings or files, reported as one line without a traceback."""
+
+
+class TrainingError(Exception):
+    """Training cannot go on (a non-finite loss); reported as one line, exit code 1."""
 
 
 def model_options():
@@ -183,7 +188,7 @@ def build_parser():
 
 
 def resolve_settings(argv):
-    """Command line -> (settings dict, model module, model Config). Raises ConfigError on bad input."""
+    """Command line -> (settings, model module, the options given explicitly). Raises ConfigError on bad input."""
     args = build_parser().parse_args(argv)
     given = {k: v for k, v in vars(args).items() if v is not None}
     module = load_model_module(args.model)
@@ -224,9 +229,9 @@ def resolve_settings(argv):
         raise ConfigError(f"n_embd ({s['n_embd']}) must be divisible by n_head ({s['n_head']})")
     if (s["n_embd"] // s["n_head"]) % 2 != 0:
         raise ConfigError(f"the head size n_embd/n_head ({s['n_embd'] // s['n_head']}) must be even for rotary embeddings")
-    if s["learning_rate"] <= 0:
-        raise ConfigError(f"--learning_rate must be positive, got {s['learning_rate']}")
-    return s, module
+    if not 0 < s["learning_rate"] < float("inf"):
+        raise ConfigError(f"--learning_rate must be a positive number, got {s['learning_rate']}")
+    return s, module, given
 
 
 # -----------------------------------------------------------------------------
@@ -259,13 +264,26 @@ class Batches:
     """Random windows of the token stream, a pure function of (seed, iteration): the data order does not
     depend on the number of processes, and a resumed run sees the same batches as an uninterrupted one."""
 
-    def __init__(self, folder, block_size, device):
-        self.folder, self.block_size, self.device = folder, block_size, device
+    def __init__(self, folder, block_size, vocab_size, device):
+        self.folder, self.block_size, self.vocab_size, self.device = folder, block_size, vocab_size, device
         for split in ("train", "val"):
-            n = len(self.tokens(split))
-            if n <= block_size:
-                raise ConfigError(f"{folder / (split + '.bin')} has {n} tokens, not more than "
-                                  f"block_size {block_size}; use a smaller --block_size or more data")
+            path = folder / f"{split}.bin"
+            if path.stat().st_size % 2 != 0:
+                raise ConfigError(f"{path} has an odd number of bytes, so it is not uint16 token ids: "
+                                  f"truncated or corrupt; prepare it again with prepare_data.py --force")
+            tokens = self.tokens(split)
+            if len(tokens) <= block_size:
+                raise ConfigError(f"{path} has {len(tokens)} tokens, not more than block_size {block_size}; "
+                                  f"use a smaller --block_size or more data")
+            # ids beyond the vocabulary would index outside the embedding; a file of up to 256M tokens is checked
+            # whole here (a second or so), a bigger one batch by batch in get()
+            if len(tokens) <= 2**28:
+                self.check_ids(split, tokens)
+
+    def check_ids(self, split, tokens):
+        if tokens.max() >= self.vocab_size:
+            raise ConfigError(f"{split}.bin in {self.folder} holds token id {tokens.max()}, but the vocabulary has "
+                              f"{self.vocab_size} ids; its meta.pkl belongs to other data: prepare it again")
 
     def tokens(self, split):
         # a fresh memmap per call, as nanoGPT does, so that memory does not grow over a long run
@@ -276,8 +294,10 @@ class Batches:
         data = self.tokens(split)
         g = torch.Generator().manual_seed(seed)
         starts = torch.randint(len(data) - self.block_size, (count,), generator=g).tolist()
-        x = torch.from_numpy(np.stack([data[i:i + self.block_size] for i in starts]).astype(np.int64))
-        y = torch.from_numpy(np.stack([data[i + 1:i + 1 + self.block_size] for i in starts]).astype(np.int64))
+        windows = np.stack([data[i:i + self.block_size + 1] for i in starts]).astype(np.int64)
+        self.check_ids(split, windows)  # on the host, before the copy to the device: no sync
+        x = torch.from_numpy(np.ascontiguousarray(windows[:, :-1]))
+        y = torch.from_numpy(np.ascontiguousarray(windows[:, 1:]))
         if self.device.startswith("cuda"):
             # pinned memory lets the copy to the GPU run asynchronously
             return x.pin_memory().to(self.device, non_blocking=True), y.pin_memory().to(self.device, non_blocking=True)
@@ -327,8 +347,11 @@ def fmt_duration(seconds):
 
 # -----------------------------------------------------------------------------
 
+SYSTEM_KEYS = ("device", "dtype", "compile", "out_dir", "resume", "max_iters_per_launch", "skip_nonfinite")
+
+
 def main(argv=None):
-    s, module = resolve_settings(argv)
+    s, module, given = resolve_settings(argv)
 
     # DDP: torchrun sets RANK, LOCAL_RANK and WORLD_SIZE; one process per GPU (or per CPU process with gloo)
     ddp = int(os.environ.get("RANK", -1)) != -1
@@ -367,23 +390,36 @@ def main(argv=None):
         checkpoint = load_checkpoint(ckpt_path)
         if checkpoint.get("model_name") != s["model"]:
             raise ConfigError(f"--resume: {ckpt_path} holds a {checkpoint.get('model_name')} model, not {s['model']}")
+        # the run continues with its own settings; options given now override all but the model's shape
+        saved = checkpoint["settings"]
+        changed = [f"--{k} {v} (checkpoint: {saved[k]})" for k, v in given.items()
+                   if k in checkpoint["model_config"] and v != saved[k]]
+        if changed:
+            raise ConfigError(f"--resume: the checkpoint was trained with other model settings: {', '.join(changed)}; "
+                              f"drop them or start a new run in another --out_dir")
+        s.update({k: v for k, v in saved.items() if k not in SYSTEM_KEYS})
+        s.update({k: v for k, v in given.items() if k != "device"})
+    elif ckpt_path.exists() or log_path.exists():
+        raise ConfigError(f"{out_dir} already holds a run; continue it with --resume, or use another --out_dir "
+                          f"(nothing was changed)")
+    existing = next(p for p in (out_dir, *out_dir.resolve().parents) if p.exists())
+    if not (existing.is_dir() and os.access(existing, os.W_OK)):
+        raise ConfigError(f"cannot write to --out_dir {out_dir}: {existing} is not a writable folder")
 
     # data
     folder = dataset_dir(s) if master else Path(s["data_dir"]) / s["dataset"]
     if ddp:
         dist.barrier()  # rank 0 may have prepared the data
-    batches = Batches(folder, s["block_size"], device)
     vocab_size = read_vocab_size(folder)
+    batches = Batches(folder, s["block_size"], vocab_size, device)
 
     # model, from scratch or from the checkpoint
     config_fields = {f.name for f in dataclasses.fields(module.Config)}
     model_args = {k: s[k] for k in config_fields if k in s}
     model_args["vocab_size"] = vocab_size
-    if checkpoint is not None:
-        saved = checkpoint["model_config"]
-        changed = [f"{k}={model_args[k]} (checkpoint: {saved[k]})" for k in saved if model_args.get(k) != saved[k]]
-        if changed:
-            raise ConfigError(f"--resume: the checkpoint was trained with other model settings: {', '.join(changed)}")
+    if checkpoint is not None and model_args != checkpoint["model_config"]:
+        raise ConfigError(f"--resume: the data in {folder} gives vocab_size {vocab_size}, but the checkpoint was "
+                          f"trained with {checkpoint['model_config']['vocab_size']}")
     model = module.Model(module.Config(**model_args)).to(device)
     optimizer = torch.optim.AdamW(model.optimizer_groups(s["weight_decay"]), lr=s["learning_rate"], betas=(s["beta1"], s["beta2"]),
                                   fused=device_type == "cuda")
@@ -403,7 +439,10 @@ def main(argv=None):
         model = DDP(model, device_ids=[int(os.environ["LOCAL_RANK"])] if device_type == "cuda" else None)
 
     if master:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"cannot create --out_dir {out_dir}: {e.strerror}")
         settings = dict(s, vocab_size=vocab_size, world_size=world_size, tokens_per_iter=tokens_per_iter,
                         num_params=raw_model.num_params(), torch=torch.__version__)
         (out_dir / "config.json").write_text(json.dumps(settings, indent=2) + "\n")
@@ -458,9 +497,24 @@ def main(argv=None):
     last_log_time, last_log_iter = time.time(), iter_num
     loss_sum = torch.zeros((), device=device)  # summed over the steps since the last log line
     final = {}
+    # a non-finite loss or gradient is noted on the device (no host sync per step) and acted on at the next log
+    # or checkpoint, which it must never reach; --skip_nonfinite instead checks every step and skips bad ones
+    first_bad_iter = torch.full((), -1, dtype=torch.long, device=device)
+    last_saved_iter = iter_num if resumed else None
+    skipped = skipped_since_log = 0
+
+    def stop_if_nonfinite():
+        bad = int(first_bad_iter.item())
+        if bad >= 0:
+            last_good = (f"{ckpt_path} (step {last_saved_iter})" if last_saved_iter is not None else "none was written")
+            raise TrainingError(f"the loss or gradient norm became non-finite at step {bad}; the last good checkpoint is "
+                                f"{last_good}. Resume it with a lower --learning_rate, or skip such steps "
+                                f"with --skip_nonfinite N")
+
     while True:
         # evaluate and checkpoint every eval_interval steps and at the end (the resumed start was done already)
         if (iter_num % s["eval_interval"] == 0 or iter_num == s["max_iters"]) and not (resumed and iter_num == start_iter):
+            stop_if_nonfinite()
             losses = evaluate()
             best_val_loss = min(best_val_loss, losses["val"])
             log(dict(iter=iter_num, tokens=iter_num * tokens_per_iter, train_loss=losses["train"],
@@ -468,6 +522,7 @@ def main(argv=None):
             if master:
                 print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
                 save_checkpoint(ckpt_path, checkpoint_state())
+            last_saved_iter = iter_num
             final = dict(iter=iter_num, train_loss=losses["train"], val_loss=losses["val"], best_val_loss=best_val_loss)
             last_log_time = time.time()  # evaluation time does not count as training time
         if iter_num >= s["max_iters"]:
@@ -477,6 +532,7 @@ def main(argv=None):
         if ddp and iter_num % s["log_interval"] == 0:
             dist.all_reduce(stop, op=dist.ReduceOp.MAX)  # every process stops at the same step
         if stop.item() > 0 and (not ddp or iter_num % s["log_interval"] == 0):
+            stop_if_nonfinite()
             if master:
                 save_checkpoint(ckpt_path, checkpoint_state())
                 reason = "interrupted" if stop_requests else f"--max_iters_per_launch {s['max_iters_per_launch']} reached"
@@ -491,6 +547,7 @@ def main(argv=None):
         for group in optimizer.param_groups:
             group["lr"] = lr
         x_all, y_all = batches.get("train", seed=s["seed"] * 1_000_003 + iter_num, count=sequences_per_iter)
+        step_loss = torch.zeros((), device=device)
         for micro in range(micro_steps):
             rows = slice((rank * micro_steps + micro) * s["batch_size"], (rank * micro_steps + micro + 1) * s["batch_size"])
             # DDP averages gradients over processes on the last micro-step only
@@ -500,21 +557,36 @@ def main(argv=None):
                     _, loss = model(x_all[rows], y_all[rows])
                 # DDP's average over processes times this 1/micro_steps gives the mean over the global batch
                 (loss / micro_steps).backward()
-            loss_sum += loss.detach().float() / micro_steps
-        if s["grad_clip"] > 0:
-            torch.nn.utils.clip_grad_norm_(raw_model.parameters(), s["grad_clip"])
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        raw_model.after_step()
+            step_loss += loss.detach().float() / micro_steps
+        grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), s["grad_clip"] or float("inf"))
+        finite = torch.isfinite(grad_norm) & torch.isfinite(step_loss)
+        if s["skip_nonfinite"] and not finite.item():
+            skipped += 1
+            if master:
+                print(f"iter {iter_num}: non-finite loss or gradient, step skipped ({skipped} of at most {s['skip_nonfinite']})")
+            log(dict(iter=iter_num, skipped=True, skipped_total=skipped))
+            if skipped > s["skip_nonfinite"]:
+                raise TrainingError(f"more than --skip_nonfinite {s['skip_nonfinite']} steps had a non-finite loss or "
+                                    f"gradient (the last at step {iter_num}); lower --learning_rate")
+            optimizer.zero_grad(set_to_none=True)
+            skipped_since_log += 1
+        else:
+            first_bad_iter = torch.where(finite | (first_bad_iter >= 0), first_bad_iter, iter_num)
+            loss_sum += step_loss
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            raw_model.after_step()
         iter_num += 1
         time_s += time.time() - step_start
 
         if iter_num % s["log_interval"] == 0 or iter_num == s["max_iters"]:
             # the only host sync in the loop: the mean loss over the steps since the last log, over all processes
+            stop_if_nonfinite()
             steps = iter_num - last_log_iter
+            counted, skipped_since_log = max(1, steps - skipped_since_log), 0
             if ddp:
                 dist.all_reduce(loss_sum)
-            mean_loss = loss_sum.item() / steps / world_size
+            mean_loss = loss_sum.item() / counted / world_size
             loss_sum.zero_()
             now = time.time()
             ms_per_step = (now - last_log_time) * 1000 / steps
@@ -543,3 +615,6 @@ if __name__ == "__main__":
     except (ConfigError, prepare_data.DataError) as e:
         print(f"train.py: error: {e}", file=sys.stderr)
         sys.exit(2)
+    except TrainingError as e:
+        print(f"train.py: error: {e}", file=sys.stderr)
+        sys.exit(1)

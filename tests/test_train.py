@@ -102,12 +102,12 @@ def test_the_lr_schedule_warms_up_linearly_then_decays_by_cosine_to_min_lr():
 
 
 def test_settings_come_from_preset_then_recipe_then_command_line():
-    s, module = train.resolve_settings(["--model", "gpt", "--device", "cpu"])
+    s, module, _ = train.resolve_settings(["--model", "gpt", "--device", "cpu"])
     assert (s["preset"], s["n_layer"], s["n_embd"], s["block_size"], s["batch_size"], s["max_iters"]) == \
         ("cpu", 4, 128, 64, 12, 2000)
     assert s["learning_rate"] == module.RECIPE["learning_rate"] and s["weight_decay"] == module.RECIPE["weight_decay"]
     assert s["min_lr"] == pytest.approx(s["learning_rate"] * module.RECIPE["min_lr_ratio"])
-    s, _ = train.resolve_settings(["--model", "gpt", "--device", "cpu", "--preset", "gpu", "--n_layer=3",
+    s, _, _ = train.resolve_settings(["--model", "gpt", "--device", "cpu", "--preset", "gpu", "--n_layer=3",
                                    "--learning_rate", "1e-2", "--qk_norm", "true"])
     assert (s["n_layer"], s["n_embd"], s["block_size"], s["learning_rate"], s["qk_norm"]) == (3, 384, 256, 1e-2, True)
     assert s["out_dir"] == "out/gpt"
