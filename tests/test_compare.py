@@ -1,0 +1,119 @@
+"""compare.py: steps-to-target and speedup on curves with known answers, its outputs on tiny runs, training mode."""
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import TINY
+import compare
+import train
+
+# one layer and 20 steps: enough for two distinct eval curves in a second or two per run
+SHORT = [*TINY, "--n_layer", "1", "--max_iters", "20", "--eval_interval", "5"]
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def test_steps_to_reach_interpolates_linearly_between_evaluations():
+    assert compare.steps_to_reach([0, 10, 20, 30], [4.0, 3.0, 2.0, 1.0], 2.5) == pytest.approx(15.0)
+    assert compare.steps_to_reach([0, 10, 20, 30], [4.0, 3.0, 2.0, 1.0], 1.2) == pytest.approx(28.0)
+
+
+def test_steps_to_reach_is_the_eval_step_when_the_curve_hits_the_target_there():
+    assert compare.steps_to_reach([0, 10, 20, 30], [4.0, 3.0, 2.0, 1.0], 2.0) == 20
+    assert compare.steps_to_reach([0, 10, 20], [4.0, 3.0, 2.0], 5.0) == 0  # already below at the start
+
+
+def test_steps_to_reach_takes_the_first_crossing_of_a_noisy_curve():
+    assert compare.steps_to_reach([0, 10, 20, 30], [4.0, 2.0, 3.0, 1.0], 2.5) == pytest.approx(7.5)
+
+
+def test_a_curve_that_never_reaches_the_target_is_not_reached_not_extrapolated():
+    assert compare.steps_to_reach([0, 10, 20, 30], [4.0, 3.0, 2.0, 1.5], 1.0) is None
+    assert compare.speedup(30, None) is None
+    assert compare.speedup(None, 15) is None
+
+
+def test_speedup_is_baseline_steps_over_model_steps():
+    baseline = compare.steps_to_reach([0, 10, 20, 30], [4.0, 3.0, 2.0, 1.0], 1.0)  # 30: its last step
+    model = compare.steps_to_reach([0, 10, 20, 30], [4.0, 2.0, 1.0, 0.5], 1.0)  # 20
+    assert compare.speedup(baseline, model) == pytest.approx(1.5)
+
+
+@pytest.fixture(scope="module")
+def two_runs(char_dataset, tmp_path_factory):
+    """Two tiny train.py runs that differ in their model: GPT and GPT+QK-norm."""
+    data_dir, name = char_dataset
+    root = tmp_path_factory.mktemp("runs")
+    for folder, extra in (("a", []), ("b", ["--qk_norm", "true", "--learning_rate", "8e-3"])):
+        train.main(["--model", "gpt", *SHORT, "--data_dir", data_dir, "--dataset", name,
+                    "--out_dir", str(root / folder), "--warmup_iters", "0", *extra])
+    return root
+
+
+def test_compare_writes_a_plot_a_table_and_the_numbers_behind_it(two_runs, tmp_path):
+    out = tmp_path / "out"
+    compare.main(["--runs", str(two_runs / "a"), str(two_runs / "b"), "--out_dir", str(out)])
+
+    png = (out / "convergence.png").read_bytes()
+    assert png.startswith(PNG_SIGNATURE) and len(png) > 20_000
+
+    table = (out / "results.md").read_text()
+    assert "| model | LR | final val loss | target (baseline) | steps to target | speedup | ms/step |" in table
+    assert "\n| GPT | " in table and "\n| GPT+QK-norm | " in table
+
+    results = json.loads((out / "results.json").read_text())
+    models = results["models"]
+    assert models["gpt_qk"]["baseline"] == "gpt"
+
+    def mean_curve(key):  # recomputed from the stored per-run curves
+        runs = [r for r in results["runs"] if r["key"] == key]
+        return runs[0]["iters"], np.mean([r["val_loss"] for r in runs], axis=0)
+
+    base_iters, base_losses = mean_curve("gpt")
+    target = base_losses[-1]
+    assert models["gpt_qk"]["target_loss"] == pytest.approx(target)
+    model_steps = compare.steps_to_reach(*mean_curve("gpt_qk"), target)
+    assert model_steps is not None  # the higher LR gets there first in 20 steps
+    assert models["gpt_qk"]["steps_to_target"] == pytest.approx(model_steps)
+    assert models["gpt_qk"]["speedup"] == pytest.approx(base_iters[-1] / model_steps)
+    assert models["gpt"]["speedup"] == 1.0
+
+
+def test_a_target_that_no_curve_reaches_is_reported_as_not_reached(two_runs, tmp_path):
+    compare.main(["--runs", str(two_runs), "--out_dir", str(tmp_path), "--target-loss", "0.5"])
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert all(m["steps_to_target"] is None and m["speedup"] is None for m in results["models"].values())
+    assert "not reached" in (tmp_path / "results.md").read_text()
+
+
+def test_compare_trains_interleaved_runs_end_to_end(char_dataset, tmp_path):
+    data_dir, name = char_dataset
+    results = compare.main(["--iters", "10", "--seeds", "1", "--models", "gpt", "--out_dir", str(tmp_path),
+                            *TINY, "--n_layer", "1", "--data_dir", data_dir, "--dataset", name])
+    assert (tmp_path / "runs" / "gpt-s0" / "log.jsonl").exists()
+    assert (tmp_path / "convergence.png").read_bytes().startswith(PNG_SIGNATURE)
+    assert results["models"]["gpt"]["curve"]["iters"][-1] == 10
+    assert results["settings"]["max_iters"] == 10
+
+
+def test_the_same_command_again_reuses_complete_runs(char_dataset, tmp_path, capsys):
+    data_dir, name = char_dataset
+    argv = ["--iters", "4", "--seeds", "1", "--models", "gpt", "--out_dir", str(tmp_path),
+            *TINY, "--n_layer", "1", "--data_dir", data_dir, "--dataset", name]
+    first = compare.main(argv)
+    second = compare.main(argv)
+    assert "reusing the complete run" in capsys.readouterr().out
+    assert second["runs"][0]["val_loss"] == first["runs"][0]["val_loss"]
+
+
+def test_the_lr_sweep_picks_the_best_lr_and_the_comparison_uses_it(char_dataset, tmp_path):
+    data_dir, name = char_dataset
+    results = compare.main(["--lr-sweep", "--lr-sweep-iters", "4", "--iters", "4", "--seeds", "1", "--models", "gpt",
+                            "--out_dir", str(tmp_path), *TINY, "--n_layer", "1", "--data_dir", data_dir, "--dataset", name])
+    losses = results["lr_sweep"]["gpt"]["final_val_loss"]
+    assert len(losses) == len(compare.LR_MULTIPLIERS)
+    best = float(min(losses, key=losses.get))
+    assert results["lr_sweep"]["gpt"]["best"] == best
+    assert results["models"]["gpt"]["learning_rate"] == [best]
+    assert "## Learning-rate sweep" in (tmp_path / "results.md").read_text()
