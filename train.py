@@ -316,6 +316,43 @@ def get_lr(it, s):
 
 
 # -----------------------------------------------------------------------------
+# Model FLOPs utilization: FLOPs the model needs per token against what the device can do
+
+# dense bf16 peaks from the vendors' data sheets, matched against torch.cuda.get_device_name()
+KNOWN_PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12, "4090": 165e12}
+
+
+def flops_per_token(model, block_size):
+    """Training FLOPs per token (PaLM appendix B, as nanoGPT): 6 per weight of every matrix multiply (forward
+    and backward) plus the attention scores and their use, 12 * n_layer * n_embd * context."""
+    matmul_params = sum(p.numel() for name, p in model.named_parameters() if p.dim() >= 2 and "wte" not in name)
+    c = model.config
+    return 6 * matmul_params + 12 * c.n_layer * c.n_embd * block_size
+
+
+def peak_flops(device, dtype):
+    """The device's peak FLOP/s: the data-sheet figure for known GPUs, else measured with a plain matmul."""
+    if device.startswith("cuda"):
+        name = torch.cuda.get_device_name(device)
+        for key, flops in KNOWN_PEAK_FLOPS.items():
+            if key in name:
+                return flops
+    n, repeats = 1024, 10
+    torch_dtype = torch.bfloat16 if dtype == "bfloat16" else torch.float32
+    a = torch.randn(n, n, device=device, dtype=torch_dtype)
+    b = torch.randn(n, n, device=device, dtype=torch_dtype)
+    a @ b  # warm-up
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
+    return 2 * n**3 * repeats / (time.perf_counter() - start)
+
+
+# -----------------------------------------------------------------------------
 # Checkpoints and logs
 
 def save_checkpoint(path, state):
@@ -454,6 +491,8 @@ def main(argv=None):
             log_path.write_text("")
         print(f"{s['model']}: {raw_model.num_params() / 1e6:.2f}M parameters, {tokens_per_iter:,} tokens per step, "
               f"{world_size} process(es) on {device}, out_dir {out_dir}")
+    flops_per_step = flops_per_token(raw_model, s["block_size"]) * tokens_per_iter
+    device_peak = peak_flops(device, s["dtype"]) * world_size
 
     def log(record):
         if master:
@@ -592,12 +631,13 @@ def main(argv=None):
             ms_per_step = (now - last_log_time) * 1000 / steps
             last_log_time, last_log_iter = now, iter_num
             record = dict(iter=iter_num - 1, tokens=iter_num * tokens_per_iter, loss=mean_loss, lr=lr,
-                          ms_per_step=ms_per_step, tokens_per_s=tokens_per_iter * 1000 / ms_per_step, time_s=time_s)
+                          ms_per_step=ms_per_step, tokens_per_s=tokens_per_iter * 1000 / ms_per_step, time_s=time_s,
+                          mfu=flops_per_step / (ms_per_step / 1000) / device_peak)
             log(record)
             if master:
                 eta = (s["max_iters"] - iter_num) * ms_per_step / 1000
                 print(f"iter {iter_num - 1}: loss {mean_loss:.4f}, lr {lr:.2e}, {ms_per_step:.1f} ms/step, "
-                      f"{record['tokens_per_s']:,.0f} tok/s, eta {fmt_duration(eta)}")
+                      f"{record['tokens_per_s']:,.0f} tok/s, mfu {record['mfu']:.1%}, eta {fmt_duration(eta)}")
 
     for sig, handler in previous_handlers.items():
         signal.signal(sig, handler)

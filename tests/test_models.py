@@ -149,3 +149,12 @@ def test_gpt_qk_norm_adds_per_head_gains_and_changes_the_output():
     assert names == {f"transformer.h.{i}.attn.{w}.weight" for i in range(2) for w in ("q_norm", "k_norm")}
     idx = torch.randint(0, VOCAB, (2, 16))
     assert not torch.allclose(plain(idx, idx)[0], normed(idx, idx)[0])
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_the_forward_compiles_as_one_graph_without_breaks(name):
+    _, model = tiny_model(name)
+    idx = torch.randint(0, VOCAB, (2, 32))
+    explanation = torch._dynamo.explain(model)(idx, idx)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    assert explanation.graph_count == 1

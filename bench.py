@@ -1,0 +1,147 @@
+"""
+Time one training step of every model side by side: forward, backward, gradient clipping, the optimizer step
+and after_step() (nGPT's and anGPT's weight normalization), on the same synthetic batch.
+
+The models take turns (gpt, gpt_qk, ngpt, angpt, gpt, gpt_qk, ...) after a warm-up, so whatever else the
+machine is doing slows them all alike; the table gives the median over rounds. Ratios measured this way are
+comparable; absolute times across runs of a busy machine are not.
+
+$ python bench.py                                    # the CPU preset's size (4 layers, width 128, context 64)
+$ python bench.py --n_layer 6 --n_embd 384 --n_head 6 --block_size 256 --batch_size 8
+$ python bench.py --compile                          # also time torch.compile'd models, and check graph breaks
+$ python bench.py --device cuda --dtype bfloat16 --n_layer 12 --n_embd 768 --n_head 12 --block_size 1024 --batch_size 16
+$ python bench.py --json bench.json                  # {model: {ms_per_step, ratio_to_gpt, tokens_per_s, mfu}}
+
+MFU (model FLOPs utilization) is the model's training FLOPs per token (train.flops_per_token) times tokens per
+second, over the device's peak: --peak_flops if given, the data-sheet figure for known GPUs, else measured with
+a plain matmul of the same dtype on the same device.
+"""
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from contextlib import nullcontext
+
+import torch
+
+import train
+
+VARIANTS = {"gpt": ("gpt", {}), "gpt_qk": ("gpt", {"qk_norm": True}), "ngpt": ("ngpt", {}), "angpt": ("angpt", {})}
+
+
+def make_step(model, module, x, y, autocast):
+    """One training step of `model`, exactly as train.py takes it (without data loading and logging)."""
+    recipe = module.RECIPE
+    optimizer = torch.optim.AdamW(model.optimizer_groups(recipe["weight_decay"]), lr=recipe["learning_rate"],
+                                  betas=(recipe["beta1"], recipe["beta2"]), fused=x.device.type == "cuda")
+
+    def step(forward):
+        with autocast:
+            _, loss = forward(x, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), recipe["grad_clip"] or float("inf"))
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        model.after_step()
+
+    return step
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--models", default=",".join(k for k, (f, _) in VARIANTS.items() if f in train.MODELS),
+                   help="comma-separated, from: " + ", ".join(VARIANTS))
+    p.add_argument("--n_layer", type=int, default=4)
+    p.add_argument("--n_head", type=int, default=4)
+    p.add_argument("--n_embd", type=int, default=128)
+    p.add_argument("--block_size", type=int, default=64)
+    p.add_argument("--batch_size", type=int, default=12)
+    p.add_argument("--vocab_size", type=int, default=65, help="65: tiny Shakespeare's characters")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", default=None, help="float32 or bfloat16 (default: bfloat16 on CUDA, float32 on CPU)")
+    p.add_argument("--compile", action="store_true", help="also time the torch.compile'd models")
+    p.add_argument("--rounds", type=int, default=20, help="timed rounds; each model takes --steps steps per round")
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=5, help="untimed steps per model first")
+    p.add_argument("--peak_flops", type=float, default=None, help="the device's peak FLOP/s (default: known or measured)")
+    p.add_argument("--json", default=None, help="write the results to this file")
+    args = p.parse_args(argv)
+    dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
+    keys = args.models.split(",")
+    unknown = [k for k in keys if k not in VARIANTS or VARIANTS[k][0] not in train.MODELS]
+    if unknown:
+        p.error(f"unknown or missing model(s): {', '.join(unknown)}")
+    if args.n_embd % args.n_head:
+        p.error(f"n_embd ({args.n_embd}) must be divisible by n_head ({args.n_head})")
+    device_type = "cuda" if args.device.startswith("cuda") else "cpu"
+    autocast = torch.autocast(device_type, dtype=torch.bfloat16) if dtype == "bfloat16" else nullcontext()
+    sync = (lambda: torch.cuda.synchronize(args.device)) if device_type == "cuda" else (lambda: None)
+
+    torch.manual_seed(0)
+    x = torch.randint(0, args.vocab_size, (args.batch_size, args.block_size), device=args.device)
+    y = torch.randint(0, args.vocab_size, (args.batch_size, args.block_size), device=args.device)
+    size = dict(n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd, block_size=args.block_size,
+                vocab_size=args.vocab_size)
+    contenders = {}  # name in the table -> (step function, forward to use, model)
+    for key in keys:
+        file, options = VARIANTS[key]
+        module = train.load_model_module(file)
+        model = module.Model(module.Config(**size, **options)).to(args.device)
+        model.after_step()
+        step = make_step(model, module, x, y, autocast)
+        contenders[key] = (step, model, model)
+        if args.compile:
+            explanation = torch._dynamo.explain(model)(x, y)
+            print(f"{key}: torch.compile sees {explanation.graph_count} graph(s), "
+                  f"{explanation.graph_break_count} graph break(s)")
+            contenders[key + "+compile"] = (step, torch.compile(model), model)
+
+    print(f"warming up ({args.warmup} steps each{', compiling' if args.compile else ''}) ...")
+    for name, (step, forward, _) in contenders.items():
+        for _ in range(args.warmup):
+            step(forward)
+        sync()
+    times = {name: [] for name in contenders}
+    for _ in range(args.rounds):
+        for name, (step, forward, _) in contenders.items():
+            sync()
+            start = time.perf_counter()
+            for _ in range(args.steps):
+                step(forward)
+            sync()
+            times[name].append((time.perf_counter() - start) * 1000 / args.steps)
+
+    peak = args.peak_flops or train.peak_flops(args.device, dtype)
+    tokens = args.batch_size * args.block_size
+    results = {}
+    for name, (_, _, model) in contenders.items():
+        ms = statistics.median(times[name])
+        results[name] = dict(ms_per_step=ms, tokens_per_s=tokens / (ms / 1000),
+                             mfu=train.flops_per_token(model, args.block_size) * tokens / (ms / 1000) / peak)
+    reference = results.get("gpt")
+    for name, r in results.items():
+        base = results.get("gpt+compile") if name.endswith("+compile") else reference
+        r["ratio_to_gpt"] = r["ms_per_step"] / base["ms_per_step"] if base else None
+
+    print(f"\n{args.device} {dtype}, {args.n_layer} layers, width {args.n_embd}, {args.n_head} heads, context "
+          f"{args.block_size}, batch {args.batch_size}; median of {args.rounds} interleaved rounds of {args.steps} "
+          f"steps; peak {peak / 1e12:.3g} TFLOP/s\n")
+    print("| model | ms/step | vs GPT | tokens/s | MFU |")
+    print("|---|---|---|---|---|")
+    for name, r in results.items():
+        ratio = f"{r['ratio_to_gpt']:.3f}x" if r["ratio_to_gpt"] else "-"
+        print(f"| {name} | {r['ms_per_step']:.2f} | {ratio} | {r['tokens_per_s']:,.0f} | {r['mfu']:.1%} |")
+    if args.compile:
+        for key in keys:
+            gain = results[key]["ms_per_step"] / results[key + "+compile"]["ms_per_step"]
+            print(f"{key}: torch.compile {'helped' if gain > 1 else 'did not help'} ({gain:.2f}x the eager speed)")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+    return results
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)
