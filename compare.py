@@ -25,15 +25,36 @@ The runs are interleaved (seed 0: gpt, gpt_qk, ngpt, angpt; seed 1: ...) so that
 slows all models alike. A run that is already complete in --out_dir with the same settings is reused, and an
 interrupted one (Ctrl-C) is resumed: run the same command again to go on.
 
+The papers' other claims, one command each (--models, --seeds, --iters and train.py options apply as above):
+
+nGPT and anGPT tolerate a wider range of learning rates. One run per model, value and seed, every model at the same
+LR; the final val loss against the LR, a diverged run marked as such (7 values x 4 models x 3 seeds: 84 runs):
+$ python compare.py --sweep learning_rate=5e-4,1e-3,2e-3,4e-3,8e-3,1.6e-2,3.2e-2 --out_dir compare_out/lr
+
+anGPT trains well at larger batch sizes. Any batch size sees the preset's token budget: max_iters x batch_size is
+fixed, and eval_interval, eval_iters and warmup_iters are scaled with max_iters (likewise for a sweep of
+gradient_accumulation_steps). Any other train.py option is swept as it is, e.g. --sweep n_layer=2,4,8:
+$ python compare.py --sweep batch_size=8,16,32,64 --out_dir compare_out/batch
+
+nGPT's loss stays flat on sequences longer than it was trained on, where GPT's blows up (nGPT paper, appendix on
+length extrapolation). Evaluate the checkpoints of a comparison (here of `python compare.py`) on fixed validation
+windows of 1x, 2x, 4x and 8x their training context, over all positions and over those past the training length:
+$ python compare.py --extrapolate --runs compare_out/runs --out_dir compare_out/length
+Other multiples, more windows per context, another device: --extrapolate 1,2,16 --extrapolate-windows 256 --device cuda
+
 Writes into --out_dir (default compare_out/):
   convergence.png   val loss against steps, tokens and training time (mean over seeds, min-max band)
   results.md        the table, the settings and the command line
   results.json      per run the eval curve, final loss and median ms/step; per model the aggregates, the target
                     and the baseline used: everything needed to recompute the table
   runs/<key>-s<seed>/, sweep/<key>-lr<lr>/   the train.py runs
+--sweep writes sweep.png (final val loss against the swept value, min-max band over seeds), results.md (rows: values,
+columns: models), results.json and sweep/<key>-<option><value>-s<seed>/; --extrapolate writes extrapolation.png,
+results.md and results.json.
 """
 
 import argparse
+import difflib
 import json
 import math
 import shlex
@@ -41,6 +62,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
+from torch.nn import functional as F
 
 import train
 
@@ -56,6 +79,16 @@ PAPER_BASELINES = {"gpt": "gpt", "gpt_qk": "gpt", "ngpt": "gpt", "angpt": "gpt_q
 COLORS = {"gpt": "#333333", "gpt_qk": "#1f77b4", "ngpt": "#2ca02c", "angpt": "#d62728"}  # baseline in gray
 LR_MULTIPLIERS = (0.25, 0.5, 1, 2, 4)  # --lr-sweep: the grid around each model's recipe LR
 EVALS_PER_RUN = 20  # unless --eval_interval is given: steps-to-target interpolates between close points
+# --sweep: options plotted on a log axis, and options swept at a fixed token budget (max_iters x value fixed)
+LOG_X_OPTIONS = ("learning_rate", "min_lr", "batch_size", "gradient_accumulation_steps")
+TOKEN_BUDGET_OPTIONS = ("batch_size", "gradient_accumulation_steps")
+RISE_FRACTION = 0.5  # a run whose val loss climbs back more than this part of what it had gained has diverged
+NEAR_BEST = 0.02  # --sweep: the values whose final loss is within 2% of a model's best are "near the best"
+# --extrapolate: evaluation windows, the same for every checkpoint, and tokens per forward pass (memory)
+EXTRAPOLATION_FACTORS = "1,2,4,8"
+EXTRAPOLATION_WINDOWS = 64
+EXTRAPOLATION_SEED = 12345
+TOKENS_PER_FORWARD = 8192
 # options compare.py sets itself for every run, with what to use instead
 OWN_OPTIONS = {"--model": "--models", "--seed": "--seeds", "--out_dir": "compare.py's --out_dir",
                "--max_iters": "--iters", "--resume": "the same command again"}
@@ -85,6 +118,28 @@ def speedup(baseline_steps, model_steps):
     if baseline_steps is None or model_steps is None or model_steps <= 0:
         return None
     return baseline_steps / model_steps
+
+
+def divergence(val_losses):
+    """Why a run that finished counts as diverged, None if it does not: its final val loss is not finite, not below
+    the initial one, or has climbed back from its best by more than RISE_FRACTION of what the run had gained."""
+    first, final, best = val_losses[0], val_losses[-1], min(val_losses)
+    if not math.isfinite(final):
+        return f"final val loss {final}"
+    if final >= first:
+        return f"final val loss {final:.4f}, not below the initial {first:.4f}"
+    if final - best > RISE_FRACTION * (first - best):
+        return f"val loss rose from {best:.4f} back to {final:.4f} (initial {first:.4f})"
+    return None
+
+
+def near_best(losses):
+    """The keys of `losses` (value -> final loss, None if diverged) within NEAR_BEST of the lowest loss."""
+    finite = {v: loss for v, loss in losses.items() if loss is not None}
+    if not finite:
+        return []
+    best = min(finite.values())
+    return [v for v, loss in finite.items() if loss <= best * (1 + NEAR_BEST)]
 
 
 def mean_curve(runs):
@@ -139,6 +194,16 @@ def has_option(argv, name):
     return any(a == name or a.startswith(name + "=") for a in argv)
 
 
+def without(argv, name):
+    """argv less the option `name` and its value, given as `name value` or `name=value`."""
+    out, skip = [], False
+    for a in argv:
+        if not skip and a != name and not a.startswith(name + "="):
+            out.append(a)
+        skip = a == name
+    return out
+
+
 def run_argv(key, seed, out_dir, args, rest, iters=None, learning_rate=None):
     """The train.py command line of one run."""
     model, extra, _ = VARIANTS[key]
@@ -154,16 +219,21 @@ def run_argv(key, seed, out_dir, args, rest, iters=None, learning_rate=None):
     return argv
 
 
+def check_same_settings(folder, s):
+    """A run in `folder` is reused or resumed only if it was started with the same settings `s`."""
+    saved = json.loads((folder / "config.json").read_text())
+    differ = [k for k, v in s.items() if k not in train.SYSTEM_KEYS and saved.get(k) != v]
+    if differ:
+        raise train.ConfigError(f"{folder} holds a run with other settings ({', '.join(differ)}); "
+                                f"delete it or use another --out_dir")
+
+
 def train_run(argv, title):
     """Train one run, or reuse it if --out_dir already holds it complete; resume it if it was interrupted."""
     s = train.resolve_settings(argv)[0]
     folder = Path(s["out_dir"])
     if (folder / "config.json").exists():
-        saved = json.loads((folder / "config.json").read_text())
-        differ = [k for k, v in s.items() if k not in train.SYSTEM_KEYS and saved.get(k) != v]
-        if differ:
-            raise train.ConfigError(f"{folder} holds a run with other settings ({', '.join(differ)}); "
-                                    f"delete it or use another --out_dir")
+        check_same_settings(folder, s)
         done = [r for r in train.read_log(folder / "log.jsonl") if "val_loss" in r and r["iter"] == s["max_iters"]]
         if done:
             print(f"=== {title}: reusing the complete run in {folder}")
@@ -192,6 +262,229 @@ def lr_sweep(keys, args, rest, out_dir):
                 print(f"{label(key)} at lr {lr:g} diverged: {e}")
                 losses[key][lr] = math.inf
     return losses
+
+
+def sweep_argv(key, seed, option, value, out_dir, args, rest):
+    """The train.py command line of one run of --sweep OPTION=...: the value as given, except that a batch size
+    keeps the token budget of max_iters steps at the preset's batch size: max_iters, and the eval and warmup steps
+    with it, scaled by the preset's value / value."""
+    extra = [f"--{option}", value]
+    iters = None
+    if option in TOKEN_BUDGET_OPTIONS:
+        ref = train.resolve_settings(run_argv(key, seed, out_dir, args, rest))[0]
+        scale = ref[option] / int(value)
+        iters = max(1, round(ref["max_iters"] * scale))
+        # eval_iters too, so that every point is evaluated on about as many validation sequences
+        for name, least in (("eval_interval", 1), ("eval_iters", 1), ("warmup_iters", 0)):
+            rest = without(rest, f"--{name}")
+            extra += [f"--{name}", str(max(least, round(ref[name] * scale)))]
+    folder = out_dir / "sweep" / f"{key}-{option}{value}-s{seed}"
+    return run_argv(key, seed, folder, args, [*rest, *extra], iters=iters)
+
+
+def sweep_point(argv, title):
+    """Train one run of a sweep (or reuse it) and read it back, with why it diverged (None if it did not).
+    A run that train.py stopped on a non-finite loss gets a diverged.txt, so that the same command skips it."""
+    s = train.resolve_settings(argv)[0]
+    folder = Path(s["out_dir"])
+    marker = folder / "diverged.txt"
+    if marker.exists():
+        check_same_settings(folder, s)
+        print(f"=== {title}: reusing the diverged run in {folder}")
+        reason = marker.read_text().strip()
+    else:
+        try:
+            train_run(argv, title)
+            reason = None
+        except train.TrainingError as e:  # a result of the sweep, not a crash of it
+            reason = "train.py stopped: " + str(e).split(";")[0]
+            print(f"{title}: diverged ({reason})")
+            marker.write_text(reason + "\n")
+    evals = {r["iter"]: r for r in train.read_log(folder / "log.jsonl") if "val_loss" in r}
+    evals = [evals[it] for it in sorted(evals)]
+    losses = [r["val_loss"] for r in evals]
+    reason = reason or divergence(losses)
+    losses = [loss if math.isfinite(loss) else None for loss in losses]  # json has no NaN or inf
+    return dict(seed=s["seed"], dir=str(folder), iters=[r["iter"] for r in evals], val_loss=losses,
+                final_val_loss=losses[-1] if evals[-1]["iter"] == s["max_iters"] else None, diverged=reason,
+                config=json.loads((folder / "config.json").read_text()))
+
+
+def sweep_runs(keys, option, values, args, rest, out_dir):
+    """{key: {value: [run per seed]}}: one run per model, value and seed, interleaved like the comparison."""
+    points = {key: {value: [] for value in values} for key in keys}
+    n, total = 0, args.seeds * len(values) * len(keys)
+    for seed in range(args.seeds):
+        for value in values:
+            for key in keys:
+                n += 1
+                argv = sweep_argv(key, seed, option, value, out_dir, args, rest)
+                points[key][value].append(sweep_point(argv, f"[{n}/{total}] {label(key)} {option} {value} seed {seed}"))
+    return points
+
+
+def summarize_sweep(points):
+    """{key: {value: aggregates over seeds}}: mean, std, min and max of the final val losses of the runs that did
+    not diverge, and how many did; plus per model the best value and those near it."""
+    models = {}
+    for key, by_value in points.items():
+        summary = {}
+        for value, runs in by_value.items():
+            finals = [r["final_val_loss"] for r in runs if not r["diverged"]]
+            summary[value] = dict(
+                seeds=[r["seed"] for r in runs], final_val_loss=[r["final_val_loss"] for r in runs],
+                diverged=sum(bool(r["diverged"]) for r in runs),
+                mean=float(np.mean(finals)) if finals else None,
+                std=float(np.std(finals, ddof=1)) if len(finals) > 1 else None,
+                lo=min(finals) if finals else None, hi=max(finals) if finals else None)
+        means = {value: v["mean"] for value, v in summary.items()}
+        near = near_best(means)
+        models[key] = dict(label=label(key), points=summary, near_best=near,
+                           best=min(near, key=means.get) if near else None)
+    return models
+
+
+# -----------------------------------------------------------------------------
+# Length extrapolation: the validation loss of trained checkpoints on windows longer than their training context
+
+def find_checkpoints(folders):
+    """The ckpt.pt of run folders, or of the run folders inside the given folders."""
+    found = []
+    for folder in map(Path, folders):
+        if (folder / "ckpt.pt").exists():
+            found.append(folder / "ckpt.pt")
+        else:
+            inside = sorted(folder.glob("*/ckpt.pt"))
+            if not inside:
+                raise train.ConfigError(f"--runs {folder}: no ckpt.pt in it or in its subfolders")
+            found += inside
+    return found
+
+
+def position_limit(model):
+    """The longest sequence the model's positional encoding can take: None for any length (RoPE, whose tables
+    Model.rope_tables computes for any length in all three model files), else the length of a learned position
+    table (nanoGPT's wpe), which has nothing for positions past the training context."""
+    wpe = getattr(getattr(model, "transformer", None), "wpe", None)
+    return wpe.num_embeddings if isinstance(wpe, torch.nn.Embedding) else None
+
+
+def validation_windows(tokens, length, count, seed=EXTRAPOLATION_SEED):
+    """`count` windows (x, y) of `length` tokens from the token stream, at starts drawn with `seed`: the same
+    windows for every model evaluated at this length."""
+    g = torch.Generator().manual_seed(seed)
+    starts = torch.randint(len(tokens) - length, (count,), generator=g).tolist()
+    windows = torch.from_numpy(np.stack([tokens[i:i + length + 1] for i in starts]).astype(np.int64))
+    return windows[:, :-1].contiguous(), windows[:, 1:].contiguous()  # (count, length) each
+
+
+@torch.no_grad()
+def context_loss(model, x, y, train_len, device):
+    """The mean next-token loss over all positions of the windows, and over the positions at and past
+    `train_len` only (positions the model never saw in training), in fp32."""
+    sums = torch.zeros(2, dtype=torch.float64)  # (all positions, positions >= train_len)
+    rows = max(1, TOKENS_PER_FORWARD // x.size(1))  # windows per forward pass: the logits are (rows, T, vocab)
+    for i in range(0, len(x), rows):
+        xb, yb = x[i:i + rows].to(device), y[i:i + rows].to(device)
+        logits, _ = model(xb, yb)
+        losses = F.cross_entropy(logits.float().flatten(0, 1), yb.flatten(), reduction="none").view(yb.shape)  # (B, T)
+        sums += torch.stack((losses.sum(), losses[:, train_len:].sum())).double().cpu()
+    beyond = x.size(0) * (x.size(1) - train_len)
+    return dict(loss=(sums[0] / x.numel()).item(), loss_beyond=(sums[1] / beyond).item() if beyond > 0 else None)
+
+
+def extrapolation_losses(model, tokens, factors, count, device):
+    """{factor: losses on `count` windows of factor x the training context}; a context that cannot be evaluated
+    gets {refused: why} in one line instead, and the others still run."""
+    train_len = model.config.block_size
+    limit = position_limit(model)
+    out = {}
+    for factor in factors:
+        length = factor * train_len
+        entry = dict(context=length)
+        if limit is not None and length > limit:
+            entry["refused"] = (f"its learned position table has {limit} positions, so it cannot go past its "
+                                f"training length")
+        elif len(tokens) < length + 1:
+            entry["refused"] = (f"the validation split has {len(tokens):,} tokens, too few for one window of "
+                                f"{length:,} ({length + 1:,} with its next-token target)")
+        else:
+            try:
+                losses = context_loss(model, *validation_windows(tokens, length, count), train_len, device)
+                if not math.isfinite(losses["loss"]):
+                    raise ValueError(f"the loss is {losses['loss']}")
+                entry.update(losses)
+            except (RuntimeError, IndexError, ValueError) as e:  # out of memory, an encoding that breaks, ...
+                entry["refused"] = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200]}"
+        if "refused" in entry:
+            print(f"  {factor}x ({length} tokens): cannot be evaluated: {entry['refused']}")
+        else:
+            beyond = entry["loss_beyond"]
+            print(f"  {factor}x ({length} tokens): val loss {entry['loss']:.4f}"
+                  + (f", past the training length {beyond:.4f}" if beyond is not None else ""))
+        out[factor] = entry
+    return out
+
+
+def evaluate_checkpoint(path, factors, count, device, data_dir=None, keys=None):
+    """One checkpoint's extrapolation_losses on its own dataset's validation split, with what it is; None if its
+    model is not one of `keys`."""
+    ckpt = train.load_checkpoint(path)
+    missing = [k for k in ("model_name", "model_config", "model", "settings") if k not in ckpt]
+    if missing:
+        raise train.ConfigError(f"{path} is not a train.py checkpoint (no {', '.join(missing)})")
+    key = ckpt["model_name"] + ("_qk" if ckpt["model_config"].get("qk_norm") else "")
+    if keys and key not in keys:
+        return None
+    if ckpt["model_name"] not in train.MODELS:
+        raise train.ConfigError(f"{path} holds a {ckpt['model_name']} model, but there is no {ckpt['model_name']}.py")
+    module = train.load_model_module(ckpt["model_name"])
+    model = module.Model(module.Config(**ckpt["model_config"]))
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:  # saved by another version of the model file
+        raise train.ConfigError(f"{path} does not fit {ckpt['model_name']}.py as it is now: {str(e).splitlines()[0]}")
+    model.to(device=device, dtype=torch.float32).eval()
+    settings = ckpt["settings"]
+    folder = Path(data_dir or settings["data_dir"]) / settings["dataset"]
+    if not (folder / "val.bin").exists():
+        raise train.ConfigError(f"{path}: no {folder / 'val.bin'} to evaluate on; prepare the dataset "
+                                f"{settings['dataset']} or point --data_dir at it")
+    tokens = np.memmap(folder / "val.bin", dtype=np.uint16, mode="r")
+    if tokens.max() >= model.config.vocab_size:
+        raise train.ConfigError(f"{folder / 'val.bin'} holds token id {tokens.max()}, but {path} has a vocabulary "
+                                f"of {model.config.vocab_size}: other data than it was trained on")
+    limit, rope = position_limit(model), ckpt["model_config"].get("rope")
+    positions = (f"a learned table of {limit} positions" if limit else f"RoPE ({rope}), computed for any length"
+                 if rope else "no learned position table")
+    print(f"=== {label(key)} {path.parent} (step {ckpt.get('iter_num')}, context {model.config.block_size})")
+    return dict(key=key, seed=settings.get("seed"), dir=str(path.parent), step=ckpt.get("iter_num"),
+                dataset=settings["dataset"], block_size=model.config.block_size, positions=positions,
+                contexts=extrapolation_losses(model, tokens, factors, count, device))
+
+
+def summarize_extrapolation(evaluations, factors):
+    """{key: {factor: mean, std, min and max over the model's checkpoints}} of both losses, and the refusals."""
+    models = {}
+    keys = [k for k in VARIANTS if any(e["key"] == k for e in evaluations)]
+    keys += sorted({e["key"] for e in evaluations} - set(keys))
+    for key in keys:
+        mine = sorted((e for e in evaluations if e["key"] == key), key=lambda e: (e["seed"] is None, e["seed"]))
+        contexts = {}
+        for factor in factors:
+            entries = [e["contexts"][factor] for e in mine]
+            done = [c for c in entries if "refused" not in c]
+            agg = dict(context=sorted({c["context"] for c in entries}), evaluated=len(done),
+                       refused=len(entries) - len(done))
+            for field in ("loss", "loss_beyond"):
+                values = [c[field] for c in done if c[field] is not None]
+                agg[field] = dict(mean=float(np.mean(values)), lo=min(values), hi=max(values),
+                                  std=float(np.std(values, ddof=1)) if len(values) > 1 else None) if values else None
+            contexts[factor] = agg
+        models[key] = dict(label=label(key), seeds=[e["seed"] for e in mine],
+                           block_size=sorted({e["block_size"] for e in mine}),
+                           positions=sorted({e["positions"] for e in mine}), contexts=contexts)
+    return models
 
 
 # -----------------------------------------------------------------------------
@@ -345,7 +638,355 @@ def markdown(models, settings, lr_sweep_losses, command):
     return "\n".join(lines)
 
 
+def mean_std(d):
+    """'1.2345 ± 0.0123' from {mean, std}; the mean alone where there is one value."""
+    return f"{d['mean']:.4f}" + (f" ± {d['std']:.4f}" if d["std"] is not None else "")
+
+
+def is_number(text):
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False
+
+
+def mark_at_top(ax, xs, row, color):
+    """Crosses at the top of the panel for points that have no loss to show (diverged, refused), one row per model
+    so that none hides another; x in data units, y in the panel's."""
+    if not xs:  # an empty line that may draw outside the panel would still take room in the layout
+        return
+    ax.plot(xs, [0.97 - 0.035 * row] * len(xs), "x", color=color, ms=9, mew=2, ls="",
+            transform=ax.get_xaxis_transform(), clip_on=False)
+
+
+def room_at_top(ax, rows):
+    """Raise the top of the y-range so that the curves stay below the rows of crosses of mark_at_top."""
+    bottom, top = ax.get_ylim()
+    ax.set_ylim(bottom, bottom + (top - bottom) / (0.95 - 0.035 * rows))
+
+
+def plot_sweep(option, models, path, log_x, title):
+    import matplotlib
+    matplotlib.use("Agg")  # files only, no display needed
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import NullFormatter, NullLocator
+
+    values = list(next(iter(models.values()))["points"])
+    numeric = all(is_number(v) for v in values)
+    x_of = {v: float(v) if numeric else i for i, v in enumerate(values)}  # words (rope=...) sit side by side
+    fig, ax = plt.subplots(figsize=(9, 6))
+    for row, (key, m) in enumerate(models.items()):
+        color, points = COLORS.get(key), m["points"]
+        done = [v for v in values if points[v]["mean"] is not None]
+        x = [x_of[v] for v in done]
+        ax.plot(x, [points[v]["mean"] for v in done], "o-", color=color, lw=2, label=m["label"])
+        if any(len(points[v]["seeds"]) > 1 for v in done):
+            ax.fill_between(x, [points[v]["lo"] for v in done], [points[v]["hi"] for v in done], color=color,
+                            alpha=0.2, lw=0)
+        mark_at_top(ax, [x_of[v] for v in values if points[v]["diverged"]], row, color)
+    if any(p["diverged"] for m in models.values() for p in m["points"].values()):
+        room_at_top(ax, len(models))
+    if log_x or (numeric and option in LOG_X_OPTIONS and min(x_of.values()) > 0):
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xticks([x_of[v] for v in values], values)  # the values as given on the command line
+    ax.set_xlabel(option)
+    ax.set_ylabel("final validation loss")
+    ax.grid(alpha=0.3)
+    handles, _ = ax.get_legend_handles_labels()
+    if any(p["diverged"] for m in models.values() for p in m["points"].values()):
+        handles.append(Line2D([], [], color="gray", marker="x", ls="", mew=2, label="diverged (at the top)"))
+    several = any(len(p["seeds"]) > 1 for m in models.values() for p in m["points"].values())
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False,
+               title="mean and min-max band over seeds" if several else None)
+    fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0.1 if several else 0.06, 1, 1))
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def sweep_settings(points, option):
+    """{setting: its value if all runs agree, else {who: value} by swept value or by model}."""
+    runs = [(key, value, r["config"]) for key, by_value in points.items() for value, rs in by_value.items() for r in rs]
+    out = {}
+    for name in ("learning_rate", *SHOWN_SETTINGS):
+        if name == option:
+            continue
+        seen = lambda pick: {who: {json.dumps(c.get(name)) for k, v, c in runs if pick(k, v) == who}
+                             for who in dict.fromkeys(pick(k, v) for k, v, _ in runs)}
+        by_value, by_model = seen(lambda k, v: f"{option} {v}"), seen(lambda k, v: label(k))
+        for groups in ({"all": set().union(*by_value.values())}, by_value, by_model,
+                       seen(lambda k, v: f"{label(k)} at {v}")):
+            if all(len(values) == 1 for values in groups.values()):
+                one = {who: json.loads(values.pop()) for who, values in groups.items()}
+                out[name] = one["all"] if "all" in one else one
+                break
+        else:
+            out[name] = "differs per run (results.json)"
+    return out
+
+
+def sweep_markdown(option, models, budget, settings, diverged_runs, command):
+    values = list(next(iter(models.values()))["points"])
+    n_seeds = max(len(p["seeds"]) for m in models.values() for p in m["points"].values())
+    lines = [f"# Sweep of {option}: " + ", ".join(m["label"] for m in models.values()), "",
+             f"| {option} | " + " | ".join(m["label"] for m in models.values()) + " |", "|---|" + "---|" * len(models)]
+    for value in values:
+        cells = []
+        for m in models.values():
+            point = m["points"][value]
+            if point["mean"] is None:
+                cell = "diverged"
+            else:
+                cell = mean_std(point)
+                cell += f" ({point['diverged']} of {len(point['seeds'])} diverged)" if point["diverged"] else ""
+            cells.append(f"**{cell}**" if value == m["best"] else cell)
+        lines.append(f"| {value} | " + " | ".join(cells) + " |")
+    lines.append(f"| within {NEAR_BEST:.0%} of the best | "
+                 + " | ".join(", ".join(m["near_best"]) or "-" for m in models.values()) + " |")
+    spread = f"mean ± std over {n_seeds} seeds of the runs that did not diverge" if n_seeds > 1 else "one seed"
+    lines += ["", f"Final val loss: {spread}; bold: the model's best {option}. Within {NEAR_BEST:.0%} of the "
+              f"best: the values of {option} whose final loss is at most {NEAR_BEST:.0%} above the model's best, the "
+              "range it tolerates. Diverged: train.py stopped the run on a non-finite loss or gradient, or its final "
+              f"val loss is not below its initial one, or it climbed back more than {RISE_FRACTION:.0%} of what the "
+              "run had gained. Every model runs at each value, the runs interleaved in one process.", ""]
+    if budget:
+        lines += [f"Fixed token budget: every run sees {budget['tokens']:,} training tokens, as many as "
+                  f"{budget['max_iters']} steps at the preset's {option} {budget['reference']}: max_iters x {option} "
+                  f"is fixed, and eval_interval, eval_iters and warmup_iters are scaled like max_iters. The learning "
+                  f"rate is not.", ""]
+    if diverged_runs:
+        lines += ["## Diverged runs", ""] + [f"- {label(key)}, {option} {value}, seed {r['seed']}: {r['diverged']}"
+                                             for key, value, r in diverged_runs] + [""]
+    lines += ["## Settings", ""]
+    for name, value in settings.items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{who}: {v}" for who, v in value.items())
+        lines.append(f"- {name}: {value}")
+    lines += ["", "## Command", "", "```sh", command, "```", ""]
+    return "\n".join(lines)
+
+
+def plot_extrapolation(models, factors, path, title):
+    import matplotlib
+    matplotlib.use("Agg")  # files only, no display needed
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import FuncFormatter, NullFormatter, NullLocator
+
+    fig, axes = plt.subplots(1, 2, figsize=(14, 5.6), sharey=True)
+    panels = [("loss", "all positions"), ("loss_beyond", "positions past the training length only")]
+    block_sizes = {b for m in models.values() for b in m["block_size"]}
+    for ax, (field, name) in zip(axes, panels):
+        for row, (key, m) in enumerate(models.items()):
+            color = COLORS.get(key)
+            done = [f for f in factors if m["contexts"][f][field] is not None]
+            losses = [m["contexts"][f][field] for f in done]
+            ax.plot(done, [l["mean"] for l in losses], "o-", color=color, lw=2, label=m["label"])
+            if len(m["seeds"]) > 1:
+                ax.fill_between(done, [l["lo"] for l in losses], [l["hi"] for l in losses], color=color,
+                                alpha=0.2, lw=0)
+            refused = [f for f in factors if m["contexts"][f]["refused"] and (field == "loss" or f > 1)]
+            mark_at_top(ax, refused, row, color)
+        ax.axvline(1, color="gray", ls=":", lw=1)  # the training context
+        ax.set_xscale("log", base=2)
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        only = next(iter(block_sizes)) if len(block_sizes) == 1 else None
+        ax.set_xticks(factors, [f"{f}x" + (f"\n{f * only}" if only else "") for f in factors])
+        ax.set_xlabel("evaluation context, in multiples of the training context" + (" and in tokens" if only else ""))
+        ax.set_title(f"val loss over {name}")
+        ax.grid(alpha=0.3)
+    losses = [c[field][k] for m in models.values() for c in m["contexts"].values() for field in ("loss", "loss_beyond")
+              if c[field] for k in ("lo", "hi")]
+    if losses and max(losses) > 3 * min(losses):  # a model that blows up would flatten the others on a linear axis
+        axes[0].set_yscale("log")
+        axes[0].yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        axes[0].yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    refused = any(c["refused"] for m in models.values() for c in m["contexts"].values())
+    if refused:
+        room_at_top(axes[0], len(models))  # the y-axis is shared
+    axes[0].set_ylabel("validation loss" + (" (log scale)" if axes[0].get_yscale() == "log" else ""))
+    handles, _ = axes[0].get_legend_handles_labels()
+    handles.append(Line2D([], [], color="gray", ls=":", label="training context"))
+    if refused:
+        handles.append(Line2D([], [], color="gray", marker="x", ls="", mew=2, label="cannot be evaluated (at the top)"))
+    several = any(len(m["seeds"]) > 1 for m in models.values())
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False,
+               title="mean and min-max band over seeds" if several else None)
+    fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0.12 if several else 0.08, 1, 1))
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def extrapolation_markdown(models, factors, evaluations, windows, device, command):
+    block_sizes = {b for m in models.values() for b in m["block_size"]}
+    only = next(iter(block_sizes)) if len(block_sizes) == 1 else None
+    n_seeds = max(len(m["seeds"]) for m in models.values())
+    header = ["| context | " + " | ".join(m["label"] for m in models.values()) + " |", "|---|" + "---|" * len(models)]
+    lines = ["# Length extrapolation: " + ", ".join(m["label"] for m in models.values()), ""]
+    for field, name in (("loss", "Val loss over all positions"),
+                        ("loss_beyond", "Val loss on the positions past the training length only")):
+        if field == "loss_beyond" and max(factors) <= 1:
+            continue
+        lines += [f"## {name}", "", *header]
+        for factor in factors:
+            if field == "loss_beyond" and factor <= 1:
+                continue
+            cells = []
+            for m in models.values():
+                c = m["contexts"][factor]
+                if c[field] is None:
+                    cells.append("refused")
+                    continue
+                some = f" ({c['refused']} of {c['refused'] + c['evaluated']} refused)" if c["refused"] else ""
+                cells.append(mean_std(c[field]) + some)
+            lines.append(f"| {factor}x" + (f" ({factor * only})" if only else "") + " | " + " | ".join(cells) + " |")
+        lines.append("")
+    spread = f"mean ± std over {n_seeds} checkpoints (seeds)" if n_seeds > 1 else "one checkpoint per model"
+    lines += [f"Next-token loss on the same {windows} validation windows per context for every model ({spread}), "
+              "drawn at random starts with a fixed seed; each window is evaluated whole, in fp32 without gradients. "
+              "All positions: the mean over every position of the window. Past the training length: the mean over "
+              "the positions the model never saw in training only, where a positional encoding that does not "
+              "extrapolate shows first.", ""]
+    refused = [(e, f) for e in evaluations for f in factors if "refused" in e["contexts"][f]]
+    if refused:
+        lines += ["## Contexts that cannot be evaluated", ""] + [
+            f"- {label(e['key'])} ({e['dir']}) at {f}x ({c['context']:,} tokens): {c['refused']}"
+            for e, f in refused for c in [e["contexts"][f]]] + [""]
+    lines += ["## Settings", ""]
+    lines += ["- checkpoints: " + "; ".join(f"{label(e['key'])} {e['dir']} (step {e['step']}, context "
+                                            f"{e['block_size']})" for e in evaluations),
+              "- positional encoding: " + "; ".join(f"{m['label']}: {' / '.join(m['positions'])}"
+                                                    for m in models.values()),
+              f"- dataset: {', '.join(sorted({e['dataset'] for e in evaluations}))}, validation split",
+              f"- windows per context: {windows} (seed {EXTRAPOLATION_SEED}), at most {TOKENS_PER_FORWARD} tokens per "
+              f"forward pass",
+              f"- device: {device}, float32",
+              "", "## Command", "", "```sh", command, "```", ""]
+    return "\n".join(lines)
+
+
 # -----------------------------------------------------------------------------
+# The command line
+
+def training_keys(p, args, rest, out_dir):
+    """The models to train, once the command line is known to be good: bad options fail now, not after an hour."""
+    for option, instead in OWN_OPTIONS.items():
+        if has_option(rest, option):
+            p.error(f"{option} is set by compare.py; use {instead}")
+    available = [k for k in VARIANTS if VARIANTS[k][0] in train.MODELS]
+    keys = args.models.split(",") if args.models else available
+    for key in keys:
+        if key not in available:
+            p.error(f"--models: {key!r} is not one of {', '.join(available)}")
+    for key in keys:
+        train.resolve_settings(run_argv(key, 0, out_dir, args, rest))
+    return keys
+
+
+def sweep_command(p, args, rest, out_dir, command):
+    """--sweep OPTION=V1,V2,...: train, then sweep.png, results.md and results.json."""
+    for given, name in ((args.runs, "--runs"), (args.lr_sweep, "--lr-sweep"), (args.baseline, "--baseline"),
+                        (args.target_loss is not None, "--target-loss")):
+        if given:
+            p.error(f"{name} has no effect with --sweep")
+    option, _, text = args.sweep.removeprefix("--").partition("=")
+    values = list(dict.fromkeys(v.strip() for v in text.split(",") if v.strip()))
+    if not option or not values:
+        p.error(f"--sweep {args.sweep}: expected OPTION=V1,V2,..., e.g. --sweep learning_rate=1e-3,2e-3,4e-3")
+    if f"--{option}" in OWN_OPTIONS:
+        p.error(f"--sweep {option}: --{option} is set by compare.py; use {OWN_OPTIONS[f'--{option}']}")
+    known = [o for action in train.build_parser()._actions for o in action.option_strings]
+    if f"--{option}" not in known:
+        close = difflib.get_close_matches(f"--{option}", known, n=1)
+        p.error(f"--sweep {option}: not an option of train.py" + (f" (did you mean {close[0][2:]}?)" if close else ""))
+    if has_option(rest, f"--{option}"):
+        p.error(f"--{option} and --sweep {option}: choose one")
+    if option in TOKEN_BUDGET_OPTIONS and not all(v.isdigit() and int(v) > 0 for v in values):
+        p.error(f"--sweep {option}: the values must be positive integers, got {','.join(values)}")
+    if all(is_number(v) for v in values):
+        values.sort(key=float)
+    keys = training_keys(p, args, rest, out_dir)
+    for key in keys:  # every value of the sweep, before any training
+        for value in values:
+            train.resolve_settings(sweep_argv(key, 0, option, value, out_dir, args, rest))
+    ref = train.resolve_settings(run_argv(keys[0], 0, out_dir, args, rest))[0]
+    budget = dict(reference=ref[option], max_iters=ref["max_iters"], tokens=ref["max_iters"] * ref["batch_size"]
+                  * ref["gradient_accumulation_steps"] * ref["block_size"]) if option in TOKEN_BUDGET_OPTIONS else None
+
+    points = sweep_runs(keys, option, values, args, rest, out_dir)
+    models = summarize_sweep(points)
+    settings = sweep_settings(points, option)
+    runs = [(key, value, r) for key, by_value in points.items() for value, rs in by_value.items() for r in rs]
+    length = (f"{budget['tokens']:,} tokens per run (max_iters x {option} fixed)" if budget else
+              f"{settings['max_iters']} steps" if not isinstance(settings["max_iters"], dict) else "steps per run vary")
+    title = (f"Final val loss against {option}. {settings['preset']} preset: {settings['dataset']}, "
+             f"{settings['n_layer']} layers, width {settings['n_embd']}, {length}, "
+             f"{args.seeds} seed{'s' * (args.seeds > 1)}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plot_sweep(option, models, out_dir / "sweep.png", args.log_x, title)
+    table = sweep_markdown(option, models, budget, settings, [run for run in runs if run[2]["diverged"]], command)
+    (out_dir / "results.md").write_text(table)
+    results = dict(command=command, option=option, values=values, token_budget=budget, settings=settings,
+                   models=models, runs=[dict(key=key, value=value, **{k: v for k, v in r.items() if k != "config"})
+                                        for key, value, r in runs])
+    (out_dir / "results.json").write_text(json.dumps(results, indent=1, allow_nan=False) + "\n")
+    print("\n".join(table.splitlines()[2:5 + len(values)]))  # the table
+    print(f"wrote {out_dir / 'sweep.png'}, {out_dir / 'results.md'}, {out_dir / 'results.json'}")
+    return results
+
+
+def extrapolation_command(p, args, rest, out_dir, command):
+    """--extrapolate --runs DIR ...: evaluate the checkpoints, then extrapolation.png, results.md and results.json."""
+    if not args.runs:
+        p.error("--extrapolate evaluates trained checkpoints: give their run folders with --runs DIR ...")
+    if args.lr_sweep:
+        p.error("--lr-sweep has no effect with --extrapolate")
+    # of train.py's options only these two mean something here
+    q = train.Parser(prog="compare.py --extrapolate", allow_abbrev=False)
+    q.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="default: cuda if available, else cpu")
+    q.add_argument("--data_dir", default=None, help="where the datasets are (default: each run's own)")
+    opts, unknown = q.parse_known_args(rest)
+    if unknown:
+        p.error(f"{' '.join(unknown)}: no effect with --extrapolate (only --device and --data_dir do)")
+    try:
+        factors = sorted({int(f) for f in args.extrapolate.split(",")})
+    except ValueError:
+        factors = []
+    if not factors or factors[0] < 1:
+        p.error(f"--extrapolate {args.extrapolate}: expected multiples of the training context such as 1,2,4,8")
+    if args.extrapolate_windows < 1:
+        p.error(f"--extrapolate-windows must be at least 1, got {args.extrapolate_windows}")
+
+    keys = args.models.split(",") if args.models else None
+    evaluations = [evaluate_checkpoint(path, factors, args.extrapolate_windows, opts.device, opts.data_dir, keys)
+                   for path in find_checkpoints(args.runs)]
+    evaluations = [e for e in evaluations if e is not None]
+    if not evaluations:
+        raise train.ConfigError("no checkpoints to evaluate")
+    order = list(VARIANTS)
+    evaluations.sort(key=lambda e: (order.index(e["key"]) if e["key"] in order else len(order), e["key"], e["dir"]))
+    models = summarize_extrapolation(evaluations, factors)
+    n_seeds = max(len(m["seeds"]) for m in models.values())
+    contexts = sorted({b for m in models.values() for b in m["block_size"]})
+    title = (f"Length extrapolation: val loss on {args.extrapolate_windows} windows per context, trained on a context "
+             f"of {', '.join(map(str, contexts))} tokens, {n_seeds} checkpoint{'s' * (n_seeds > 1)} per model")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plot_extrapolation(models, factors, out_dir / "extrapolation.png", title)
+    table = extrapolation_markdown(models, factors, evaluations, args.extrapolate_windows, opts.device, command)
+    (out_dir / "results.md").write_text(table)
+    results = dict(command=command, factors=factors, windows=args.extrapolate_windows, seed=EXTRAPOLATION_SEED,
+                   device=opts.device, models=models, checkpoints=evaluations)
+    (out_dir / "results.json").write_text(json.dumps(results, indent=1, allow_nan=False) + "\n")
+    print("\n".join(table.splitlines()[2:6 + len(factors)]))  # the table over all positions
+    print(f"wrote {out_dir / 'extrapolation.png'}, {out_dir / 'results.md'}, {out_dir / 'results.json'}")
+    return results
+
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
@@ -367,9 +1008,22 @@ def main(argv=None):
     p.add_argument("--lr-sweep-iters", "--lr_sweep_iters", type=int, default=None,
                    help="steps per sweep run (default: --iters)")
     p.add_argument("--log-x", "--log_x", action="store_true", help="log-scaled x axes")
+    p.add_argument("--sweep", default=None, metavar="OPTION=V1,V2,...",
+                   help="one run per model, value and seed of any train.py option; batch sizes at a fixed token budget")
+    p.add_argument("--extrapolate", nargs="?", const=EXTRAPOLATION_FACTORS, default=None, metavar="FACTORS",
+                   help=f"evaluate the checkpoints of --runs at these multiples of their training context "
+                        f"(default: {EXTRAPOLATION_FACTORS})")
+    p.add_argument("--extrapolate-windows", "--extrapolate_windows", type=int, default=EXTRAPOLATION_WINDOWS,
+                   help=f"validation windows per context (default: {EXTRAPOLATION_WINDOWS})")
     args, rest = p.parse_known_args(argv)  # the rest goes to train.py, e.g. --preset gpu --n_layer 6
     out_dir = Path(args.out_dir)
     command = "python compare.py " + shlex.join(argv)
+    if args.sweep and args.extrapolate is not None:
+        p.error("--sweep and --extrapolate: one at a time")
+    if args.extrapolate is not None:
+        return extrapolation_command(p, args, rest, out_dir, command)
+    if args.sweep:
+        return sweep_command(p, args, rest, out_dir, command)
 
     lr_sweep_losses = None
     if args.runs:
@@ -379,18 +1033,9 @@ def main(argv=None):
         if args.models:
             runs = [r for r in runs if r["key"] in args.models.split(",")]
     else:
-        for option, instead in OWN_OPTIONS.items():
-            if has_option(rest, option):
-                p.error(f"{option} is set by compare.py; use {instead}")
         if args.lr_sweep and has_option(rest, "--learning_rate"):
             p.error("--learning_rate and --lr-sweep: choose one")
-        available = [k for k in VARIANTS if VARIANTS[k][0] in train.MODELS]
-        keys = args.models.split(",") if args.models else available
-        for key in keys:
-            if key not in available:
-                p.error(f"--models: {key!r} is not one of {', '.join(available)}")
-        for key in keys:  # bad train.py options fail now, not after an hour of training
-            train.resolve_settings(run_argv(key, 0, out_dir, args, rest))
+        keys = training_keys(p, args, rest, out_dir)
         lrs = {}
         if args.lr_sweep:
             lr_sweep_losses = lr_sweep(keys, args, rest, out_dir)
