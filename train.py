@@ -353,6 +353,50 @@ def peak_flops(device, dtype):
 
 
 # -----------------------------------------------------------------------------
+# Parameter-norm metrics (Merrill et al., EMNLP 2021: a transformer's parameter norm grows like sqrt(t))
+
+def norm_group(model):
+    """(layer, matrix) for the parameters whose norm is tracked: the 2-D weights inside the transformer blocks.
+    As in the paper's T5 analysis, no embeddings (wte, and here the untied lm_head too) and no 0-d or 1-d
+    parameters (RMSNorm gains, nGPT's and anGPT's scale vectors), which are logged separately (scale_summary)."""
+    return [(int(name.split(".")[2]), p) for name, p in model.named_parameters()
+            if name.startswith("transformer.h.") and p.dim() == 2]
+
+
+@torch.no_grad()
+def norm_metrics(group, before_step, last_logged):
+    """param_norm (||theta||), param_norm_layers, rel_step (||theta_t+1 - theta_t|| / ||theta_t||) and dir_cos
+    (the cosine between this and the last logged theta), from the block matrices as they are now."""
+    layers = [layer for layer, _ in group]
+    now = [p.detach().float() for _, p in group]
+    squares = torch.stack(torch._foreach_norm(now)) ** 2
+    n_layers = max(layers) + 1
+    layer_norms = torch.zeros(n_layers, device=squares.device).index_add_(0, torch.tensor(layers, device=squares.device), squares).sqrt()
+    norm = squares.sum().sqrt()
+    step = torch.stack(torch._foreach_norm(torch._foreach_sub(now, before_step))).square().sum().sqrt()
+    before_norm = torch.stack(torch._foreach_norm(before_step)).square().sum().sqrt()
+    out = dict(param_norm=norm.item(), param_norm_layers=layer_norms.tolist(), rel_step=(step / before_norm).item())
+    if last_logged is not None:
+        dot = sum((a * b).sum() for a, b in zip(now, last_logged))
+        last_norm = torch.stack(torch._foreach_norm(last_logged)).square().sum().sqrt()
+        out["dir_cos"] = (dot / (norm * last_norm)).item()
+    return out
+
+
+@torch.no_grad()
+def scale_summary(model):
+    """The mean effective value of every 1-D parameter: RMSNorm gains, and nGPT's and anGPT's learned scales
+    (stored raw, used times s_init/s_scale; alphas through abs())."""
+    out = {}
+    for name, module in model.named_modules():
+        weight = getattr(module, "weight", None)
+        if isinstance(weight, torch.nn.Parameter) and weight.dim() == 1:
+            effective = weight.float() * (module.s_init / module.s_scale) if hasattr(module, "s_init") else weight.float()
+            out[name] = (effective.abs() if "alpha" in name else effective).mean().item()
+    return out
+
+
+# -----------------------------------------------------------------------------
 # Checkpoints and logs
 
 def save_checkpoint(path, state):
@@ -532,6 +576,7 @@ def main(argv=None):
                          for sig in (signal.SIGINT, signal.SIGTERM)}
 
     # training loop
+    tracked, last_logged = norm_group(raw_model), None  # for the parameter-norm metrics of the step records
     resumed, start_iter, start_wall = checkpoint is not None, iter_num, time.time()
     last_log_time, last_log_iter = time.time(), iter_num
     loss_sum = torch.zeros((), device=device)  # summed over the steps since the last log line
@@ -557,7 +602,8 @@ def main(argv=None):
             losses = evaluate()
             best_val_loss = min(best_val_loss, losses["val"])
             log(dict(iter=iter_num, tokens=iter_num * tokens_per_iter, train_loss=losses["train"],
-                     val_loss=losses["val"], lr=get_lr(iter_num, s), time_s=time_s, wall_s=time.time() - start_wall))
+                     val_loss=losses["val"], lr=get_lr(iter_num, s), time_s=time_s, wall_s=time.time() - start_wall,
+                     scales=scale_summary(raw_model)))
             if master:
                 print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
                 save_checkpoint(ckpt_path, checkpoint_state())
@@ -582,6 +628,9 @@ def main(argv=None):
 
         # one optimizer step over gradient_accumulation_steps micro-batches of the global batch
         step_start = time.time()
+        logging_step = (iter_num + 1) % s["log_interval"] == 0 or iter_num + 1 == s["max_iters"]
+        if logging_step and master:
+            before_step = [p.detach().float().clone() for _, p in tracked]
         lr = get_lr(iter_num, s)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -633,6 +682,9 @@ def main(argv=None):
             record = dict(iter=iter_num - 1, tokens=iter_num * tokens_per_iter, loss=mean_loss, lr=lr,
                           ms_per_step=ms_per_step, tokens_per_s=tokens_per_iter * 1000 / ms_per_step, time_s=time_s,
                           mfu=flops_per_step / (ms_per_step / 1000) / device_peak)
+            if master:
+                record.update(norm_metrics(tracked, before_step, last_logged))
+                last_logged = [p.detach().float().clone() for _, p in tracked]
             log(record)
             if master:
                 eta = (s["max_iters"] - iter_num) * ms_per_step / 1000

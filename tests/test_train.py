@@ -178,3 +178,37 @@ def test_gpt2_bpe_data_trains_and_samples_offline(tmp_path, monkeypatch):
                         "--start", "KING RICHARD", env={"TIKTOKEN_CACHE_DIR": str(TIKTOKEN_CACHE)})
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("KING RICHARD")
+
+
+@pytest.mark.parametrize("name", train.MODELS)
+def test_the_norm_group_holds_the_block_matrices_and_nothing_else(name):
+    module = train.load_model_module(name)
+    model = module.Model(module.Config(block_size=16, vocab_size=65, n_layer=2, n_head=2, n_embd=32))
+    tracked = {id(p) for _, p in train.norm_group(model)}
+    names = [n for n, p in model.named_parameters() if id(p) in tracked]
+    assert names and all(n.startswith("transformer.h.") and n.endswith(".weight") for n in names)
+    assert all(part not in n for n in names for part in ("wte", "lm_head", "ln_", "alpha", "s_qk", "s_uv", "s_z"))
+    matrices_in_blocks = [n for n, p in model.named_parameters() if p.dim() == 2 and n.startswith("transformer.h.")]
+    assert names == matrices_in_blocks
+
+
+def test_step_records_carry_the_norm_metrics_and_eval_records_the_scales(tiny_run):
+    out_dir, _ = tiny_run
+    steps = [r for r in read_log(out_dir) if "loss" in r]
+    for r in steps:
+        assert r["param_norm"] > 0 and len(r["param_norm_layers"]) == 2 and 0 < r["rel_step"] < 1
+        assert r["param_norm"] == pytest.approx(math.sqrt(sum(x * x for x in r["param_norm_layers"])), rel=1e-5)
+    assert "dir_cos" not in steps[0] and all(0.9 < r["dir_cos"] <= 1 + 1e-6 for r in steps[1:])
+    evals = [r for r in read_log(out_dir) if "val_loss" in r]
+    assert set(evals[0]["scales"]) == {"transformer.h.0.ln_1", "transformer.h.0.ln_2", "transformer.h.1.ln_1",
+                                       "transformer.h.1.ln_2", "transformer.ln_f"}
+    assert evals[0]["scales"]["transformer.ln_f"] == 1.0  # RMSNorm gains start at 1
+
+
+@pytest.mark.skipif("ngpt" not in train.MODELS, reason="needs ngpt.py")
+def test_ngpt_parameter_norm_does_not_grow(char_dataset, tmp_path):
+    train_tiny(char_dataset, tmp_path, "--max_iters", "20", "--eval_interval", "20", "--log_interval", "5",
+               model="ngpt")
+    norms = [r["param_norm"] for r in read_log(tmp_path) if "loss" in r]
+    # every unit row or column contributes 1 to ||theta||^2: the norm is fixed by the shapes
+    assert norms == pytest.approx([norms[0]] * len(norms), rel=1e-5)
