@@ -697,6 +697,8 @@ def main(argv=None):
         print(f"done: {iter_num - start_iter} steps in {fmt_duration(time.time() - start_wall)}, "
               f"final val loss {final.get('val_loss', float('nan')):.4f}, best {best_val_loss:.4f}")
     if ddp:
+        # wait for rank 0 to finish writing: a process that tears gloo down while its peer is still busy aborts
+        dist.barrier()
         dist.destroy_process_group()
     return final
 
