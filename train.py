@@ -461,6 +461,10 @@ def main(argv=None):
     if device_type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+    else:
+        # CPU: treat denormal floats (below 1.2e-38) as zero. Attention probabilities and SiLU tails underflow into
+        # that range in trained models, where x86 arithmetic is many times slower: anGPT's steps took 13% longer
+        torch.set_flush_denormal(True)
     autocast = (nullcontext() if s["dtype"] == "float32"
                 else torch.autocast(device_type=device_type, dtype=torch.bfloat16))
 
