@@ -4,7 +4,7 @@ on the same data, token budget and evaluation schedule, each with its own paper 
 plots the validation loss and writes a table of steps-to-target, speedups and step times.
 
 All models that exist (GPT, GPT+QK-norm, nGPT, anGPT), 3 seeds each, on train.py's default preset (cpu without
-a GPU: 2000 steps, about 40 minutes on two cores; 20 evaluations per run unless --eval_interval is given):
+a GPU: 2000 steps, about 30 minutes on two cores; 20 evaluations per run unless --eval_interval is given):
 $ python compare.py
 
 Fewer seeds, fewer steps, some models; any other option goes to train.py unchanged:
