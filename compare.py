@@ -804,7 +804,9 @@ def plot_extrapolation(models, factors, path, title):
     if losses and max(losses) > 3 * min(losses):  # a model that blows up would flatten the others on a linear axis
         axes[0].set_yscale("log")
         axes[0].yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-        axes[0].yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        # within a decade the minor ticks (2, 3, 5, ...) are the only labels; over several they would overlap
+        few_decades = max(losses) < 10 * min(losses)
+        axes[0].yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}") if few_decades else NullFormatter())
     refused = any(c["refused"] for m in models.values() for c in m["contexts"].values())
     if refused:
         room_at_top(axes[0], len(models))  # the y-axis is shared
