@@ -44,6 +44,7 @@ Other multiples, more windows per context, another device: --extrapolate 1,2,16 
 
 Writes into --out_dir (default compare_out/):
   convergence.png   val loss against steps, tokens and training time (mean over seeds, min-max band)
+  norms.png         the parameter norm of the block matrices against steps, log-log, with each model's late slope
   results.md        the table, the settings and the command line
   results.json      per run the eval curve, final loss and median ms/step; per model the aggregates, the target
                     and the baseline used: everything needed to recompute the table
@@ -142,6 +143,17 @@ def near_best(losses):
     return [v for v, loss in finite.items() if loss <= best * (1 + NEAR_BEST)]
 
 
+def norm_growth_exponent(steps, norms):
+    """The late log-log slope of the parameter norm: OLS of log(norm) on log(step) over the second half of the run
+    (norm_growth spec 1.4, recommendation 2). sqrt(t) growth gives 0.5, a constant norm 0; a norm that starts at
+    rho_0 > 0 and grows like sqrt(t) shows a smaller slope early, approaching 0.5 later. None below 3 points."""
+    steps, norms = np.asarray(steps, dtype=float), np.asarray(norms, dtype=float)
+    late = (steps >= steps[-1] / 2) & (steps > 0) & (norms > 0)
+    if late.sum() < 3:
+        return None
+    return float(np.polyfit(np.log(steps[late]), np.log(norms[late]), 1)[0])
+
+
 def mean_curve(runs):
     """The eval curve averaged over seeds, on the eval steps all seeds share."""
     iters = sorted(set.intersection(*(set(r["iters"]) for r in runs)))
@@ -150,6 +162,17 @@ def mean_curve(runs):
     return dict(iters=iters, tokens=pick(runs[0], "tokens"),
                 time_s=np.mean([pick(r, "time_s") for r in runs], axis=0).tolist(),
                 val_loss=losses.mean(0).tolist(), lo=losses.min(0).tolist(), hi=losses.max(0).tolist())
+
+
+def mean_norm_curve(runs):
+    """The parameter norm (train.py's param_norm: the block matrices) averaged over seeds, on the logged steps all
+    seeds share; None for runs logged without it."""
+    if not all(r["norm_iters"] for r in runs):
+        return None
+    iters = sorted(set.intersection(*(set(r["norm_iters"]) for r in runs)))
+    norms = np.array([[r["param_norm"][r["norm_iters"].index(it)] for it in iters] for r in runs])
+    return dict(iters=iters, param_norm=norms.mean(0).tolist(), lo=norms.min(0).tolist(), hi=norms.max(0).tolist(),
+                exponent=norm_growth_exponent(iters, norms.mean(0)))
 
 
 # -----------------------------------------------------------------------------
@@ -161,6 +184,7 @@ def read_run(folder):
     records = train.read_log(folder / "log.jsonl")
     evals = {r["iter"]: r for r in records if "val_loss" in r}  # by step: a resumed run may repeat one
     evals = [evals[it] for it in sorted(evals)]
+    normed = {r["iter"]: r["param_norm"] for r in records if "param_norm" in r}
     steps = [r for r in records if "ms_per_step" in r][1:]  # the first includes warm-up and compilation
     if not evals:
         raise train.ConfigError(f"{folder}/log.jsonl has no eval records yet")
@@ -169,6 +193,7 @@ def read_run(folder):
                 iters=[r["iter"] for r in evals], tokens=[r["tokens"] for r in evals],
                 time_s=[r["time_s"] for r in evals], val_loss=[r["val_loss"] for r in evals],
                 final_val_loss=evals[-1]["val_loss"],
+                norm_iters=sorted(normed), param_norm=[normed[it] for it in sorted(normed)],
                 ms_per_step=float(np.median([r["ms_per_step"] for r in steps])) if steps else None,
                 tokens_per_s=float(np.median([r["tokens_per_s"] for r in steps])) if steps else None,
                 config=config)
@@ -502,7 +527,8 @@ def summarize(runs, baseline_arg, target_loss):
         tps = [r["tokens_per_s"] for r in by_key[key] if r["tokens_per_s"]]
         models[key] = dict(label=label(key), seeds=[r["seed"] for r in by_key[key]],
                            learning_rate=sorted({r["learning_rate"] for r in by_key[key]}),
-                           curve=mean_curve(by_key[key]), final_val_loss_mean=float(np.mean(finals)),
+                           curve=mean_curve(by_key[key]), norms=mean_norm_curve(by_key[key]),
+                           final_val_loss_mean=float(np.mean(finals)),
                            final_val_loss_std=float(np.std(finals, ddof=1)) if len(finals) > 1 else None,
                            ms_per_step=float(np.mean(ms)) if ms else None,
                            tokens_per_s=float(np.mean(tps)) if tps else None)
@@ -582,6 +608,41 @@ def plot(models, path, log_x, title):
     plt.close(fig)
 
 
+def plot_norms(models, path, title):
+    """The block matrices' norm against the step on log-log axes, each model's late slope in its label, and a
+    sqrt(t) line for reference: the law Merrill et al. find for undecayed transformers."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    fig, ax = plt.subplots(figsize=(11, 6))
+    for key, m in models.items():
+        n = m["norms"]
+        slope = "-" if n["exponent"] is None else f"{round(n['exponent'], 2) + 0.0:.2f}"  # + 0.0: no "-0.00"
+        ax.plot(n["iters"], n["param_norm"], color=COLORS.get(key), lw=2, label=f"{m['label']} (late slope {slope})")
+        if len(m["seeds"]) > 1:
+            ax.fill_between(n["iters"], n["lo"], n["hi"], color=COLORS.get(key), alpha=0.2, lw=0)
+    first = next(iter(models.values()))["norms"]  # the reference: the last decade, ending where the first model ends
+    end, rho = first["iters"][-1], first["param_norm"][-1]
+    t = np.geomspace(max(first["iters"][0], end / 10), end, 50)
+    ax.plot(t, rho * np.sqrt(t / end), color="gray", ls=":", lw=1.5, label="slope 0.5: sqrt(t)")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.yaxis.set_major_locator(LogLocator(subs=(1, 2, 3, 5, 7)))  # a norm rarely spans a decade: label within one
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("optimizer steps")
+    ax.set_ylabel("parameter norm of the block matrices")
+    ax.set_title("late slope: log-log OLS over the second half of the run")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(frameon=False)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 SHOWN_SETTINGS = ("preset", "dataset", "n_layer", "n_head", "n_embd", "block_size", "batch_size",
                   "gradient_accumulation_steps", "tokens_per_iter", "max_iters", "eval_interval", "eval_iters",
                   "warmup_iters", "weight_decay", "grad_clip", "num_params", "device", "dtype", "world_size")
@@ -629,6 +690,17 @@ def markdown(models, settings, lr_sweep_losses, command):
             lines.append(f"| {label(key)} | " + " | ".join(f"{lr:.3g}: {loss:.4f}" for lr, loss in losses.items())
                          + f" | {best:.3g}{edge} |")
         lines += ["", "A best LR at the grid edge means a wider grid may find a better one.", ""]
+    if all(m["norms"] for m in models.values()):
+        lines += ["## Parameter norm", "", "| model | first logged | final | final / first | late log-log slope |",
+                  "|---|---|---|---|---|"]
+        for m in models.values():
+            n = m["norms"]
+            lines.append(f"| {m['label']} | {n['param_norm'][0]:.1f} (step {n['iters'][0] + 1}) | "
+                         f"{n['param_norm'][-1]:.1f} | {n['param_norm'][-1] / n['param_norm'][0]:.2f}x | "
+                         f"{fmt(n['exponent'], '.3f')} |")
+        lines += ["", "The norm of the 2-D weights inside the blocks (no embeddings, no output head, no gains or "
+                  "scales), mean over seeds. Late slope: OLS of log(norm) on log(step) over the second half of the "
+                  "run; sqrt(t) growth gives 0.5, a constant norm 0.", ""]
     lines += ["## Settings", ""]
     for name, value in settings.items():
         if isinstance(value, dict):
@@ -1064,6 +1136,10 @@ def main(argv=None):
              f"{max(m['curve']['iters'][-1] for m in models.values())} steps, {n_seeds} seed{'s' * (n_seeds > 1)}")
     out_dir.mkdir(parents=True, exist_ok=True)
     plot(models, out_dir / "convergence.png", args.log_x, title)
+    written = [out_dir / "convergence.png"]
+    if all(m["norms"] for m in models.values()):
+        plot_norms(models, out_dir / "norms.png", title.replace("Validation loss. ", "Parameter norm, "))
+        written.append(out_dir / "norms.png")
     table = markdown(models, settings, lr_sweep_losses, command)
     (out_dir / "results.md").write_text(table)
     sweep = {k: dict(best=min(v, key=v.get), final_val_loss={repr(lr): loss if math.isfinite(loss) else None
@@ -1076,7 +1152,7 @@ def main(argv=None):
     print("\n".join(table.splitlines()[2:4 + len(models)]))  # the table
     if sweep:
         print("learning rates from the sweep: " + ", ".join(f"{label(k)} {v['best']:g}" for k, v in sweep.items()))
-    print(f"wrote {out_dir / 'convergence.png'}, {out_dir / 'results.md'}, {out_dir / 'results.json'}")
+    print("wrote " + ", ".join(map(str, [*written, out_dir / "results.md", out_dir / "results.json"])))
     return results
 
 

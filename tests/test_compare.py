@@ -40,6 +40,17 @@ def test_speedup_is_baseline_steps_over_model_steps():
     assert compare.speedup(baseline, model) == pytest.approx(1.5)
 
 
+def test_the_norm_growth_exponent_is_one_half_for_sqrt_t_and_zero_for_a_constant_norm():
+    steps = np.arange(10, 2001, 10)
+    assert compare.norm_growth_exponent(steps, 3.0 * np.sqrt(steps)) == pytest.approx(0.5, abs=0.01)
+    assert compare.norm_growth_exponent(steps, np.full(len(steps), 90.5)) == pytest.approx(0.0, abs=1e-9)
+    assert compare.norm_growth_exponent(steps, 0.1 * steps) == pytest.approx(1.0, abs=0.01)
+    # only the second half counts: a norm flat until step 1000 and growing like t afterwards has a slope near 1
+    late_growth = np.where(steps < 1000, 100.0, 0.1 * steps)
+    assert compare.norm_growth_exponent(steps, late_growth) == pytest.approx(1.0, abs=0.01)
+    assert compare.norm_growth_exponent([10, 20], [1.0, 2.0]) is None
+
+
 @pytest.fixture(scope="module")
 def two_runs(char_dataset, tmp_path_factory):
     """Two tiny train.py runs that differ in their model: GPT and GPT+QK-norm."""
@@ -78,6 +89,15 @@ def test_compare_writes_a_plot_a_table_and_the_numbers_behind_it(two_runs, tmp_p
     assert models["gpt_qk"]["steps_to_target"] == pytest.approx(model_steps)
     assert models["gpt_qk"]["speedup"] == pytest.approx(base_iters[-1] / model_steps)
     assert models["gpt"]["speedup"] == 1.0
+
+    # the parameter norms: a plot, a table, and an exponent recomputable from the stored per-run series
+    assert (out / "norms.png").read_bytes().startswith(PNG_SIGNATURE)
+    assert "| model | first logged | final | final / first | late log-log slope |" in table
+    gpt_runs = [r for r in results["runs"] if r["key"] == "gpt"]
+    mean_norm = np.mean([r["param_norm"] for r in gpt_runs], axis=0)
+    assert models["gpt"]["norms"]["param_norm"] == pytest.approx(mean_norm.tolist())
+    assert models["gpt"]["norms"]["exponent"] == pytest.approx(
+        compare.norm_growth_exponent(gpt_runs[0]["norm_iters"], mean_norm))
 
 
 def test_a_target_that_no_curve_reaches_is_reported_as_not_reached(two_runs, tmp_path):
