@@ -60,6 +60,7 @@ import json
 import math
 import shlex
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -773,7 +774,7 @@ def plot_sweep(option, models, path, log_x, title):
     several = any(len(p["seeds"]) > 1 for m in models.values() for p in m["points"].values())
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False,
                title="mean and min-max band over seeds" if several else None)
-    fig.suptitle(title)
+    fig.suptitle(textwrap.fill(title, 90))  # a long title (a token budget, many settings) on two lines
     fig.tight_layout(rect=(0, 0.1 if several else 0.06, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
