@@ -195,6 +195,10 @@ class CausalSelfAttention(nn.Module):
         self.nu_p = math.sqrt(self.head_dim / config.n_embd)
         self.qk_norm_exact = config.qk_norm_exact
         self.attn_out_norm = config.attn_out_norm
+        # for train.py's attention metrics only, inert in training: a multiplier on the attention logits (the
+        # temperature-saturation probe of Merrill et al. 2021) and, when set to a list, a record of the logits
+        self.logit_mult = 1.0
+        self.record_logits = None
 
     def forward(self, x, tables):
         B, T, C = x.size()
@@ -213,6 +217,9 @@ class CausalSelfAttention(nn.Module):
             # option: exact unit q and k per head, as nGPT (without its s_qk); off in anGPT by default
             q, k = F.normalize(q.float(), dim=-1).type_as(v), F.normalize(k.float(), dim=-1).type_as(v)
             scale = math.sqrt(self.head_dim)
+        scale = scale * self.logit_mult
+        if self.record_logits is not None:
+            self.record_logits.append(scale * (q.float() @ k.float().transpose(-2, -1)))  # (B, nh, T, T), unmasked
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)  # (B, nh, T, hs)
         # y averages the values without their nu_qkv. nu_qkv, the attention-output factor and nu_p (h_A = nu_p W_o y
         # is linear in y) are constants per query position: one multiply of y applies all three

@@ -97,6 +97,10 @@ class CausalSelfAttention(nn.Module):
             self.q_norm = RMSNorm(self.head_dim)
             self.k_norm = RMSNorm(self.head_dim)
         self.qk_norm = config.qk_norm
+        # for train.py's attention metrics only, inert in training: a multiplier on the attention logits (the
+        # temperature-saturation probe of Merrill et al. 2021) and, when set to a list, a record of the logits
+        self.logit_mult = 1.0
+        self.record_logits = None
 
     def forward(self, x, tables):
         B, T, C = x.size()
@@ -109,8 +113,11 @@ class CausalSelfAttention(nn.Module):
             # sqrt(hs) * cos(q, k) times the learned gains
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(self.rope, q, tables), apply_rope(self.rope, k, tables)
-        # flash attention on GPU; softmax scale 1/sqrt(hs)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        scale = self.logit_mult / math.sqrt(self.head_dim)  # the usual softmax scale 1/sqrt(hs)
+        if self.record_logits is not None:
+            self.record_logits.append(scale * (q.float() @ k.float().transpose(-2, -1)))  # (B, nh, T, T), unmasked
+        # flash attention on GPU
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble all head outputs side by side
         return self.c_proj(y)
 

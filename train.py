@@ -21,8 +21,10 @@ betas, gradient clipping: each paper's own recipe), the model's Config defaults 
 
 Each run writes into --out_dir (default out/<model>):
   log.jsonl    one JSON object per line: a step record every --log_interval steps
-               {iter, tokens, loss, lr, ms_per_step, tokens_per_s, time_s} and an eval record every
-               --eval_interval steps {iter, tokens, train_loss, val_loss, lr, time_s, wall_s}
+               {iter, tokens, loss, lr, ms_per_step, tokens_per_s, time_s, mfu, and the parameter-norm metrics
+               param_norm, param_norm_layers, rel_step, dir_cos} and an eval record every --eval_interval steps
+               {iter, tokens, train_loss, val_loss, lr, time_s, wall_s, scales, and the saturation metrics
+               saturation, saturation_kind, saturation_attn, attn_logit_std, heads} (README, "Parameter norms")
   config.json  the resolved settings
   ckpt.pt      the latest checkpoint (model, optimizer, settings, iteration, RNG state, best val loss);
                `--resume` continues from it
@@ -45,6 +47,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import prepare_data
@@ -82,6 +85,7 @@ DEFAULTS = dict(
     # optimizer and LR schedule: defaults come from the model file's RECIPE
     learning_rate=None, min_lr=None, warmup_iters=None, weight_decay=None,
     beta1=None, beta2=None, grad_clip=None,
+    decay_lr=True,              # cosine decay to min_lr after warmup; false: constant learning_rate (nanoGPT's)
     max_iters=2000,             # optimizer steps; the cosine schedule decays over all of them
     max_iters_per_launch=0,     # stop (checkpoint, exit) after this many steps; 0: no limit. For job slots
     # system
@@ -306,10 +310,13 @@ class Batches:
 
 # -----------------------------------------------------------------------------
 # Learning-rate schedule: linear warmup, then cosine decay from learning_rate to min_lr over the run
+# (or constant, --decay_lr false)
 
 def get_lr(it, s):
     if it < s["warmup_iters"]:
         return s["learning_rate"] * (it + 1) / (s["warmup_iters"] + 1)
+    if not s["decay_lr"]:
+        return s["learning_rate"]
     decay_iters = max(1, s["max_iters"] - s["warmup_iters"])
     progress = min(1.0, (it - s["warmup_iters"]) / decay_iters)
     return s["min_lr"] + 0.5 * (1.0 + math.cos(math.pi * progress)) * (s["learning_rate"] - s["min_lr"])
@@ -394,6 +401,122 @@ def scale_summary(model):
             effective = weight.float() * (module.s_init / module.s_scale) if hasattr(module, "s_init") else weight.float()
             out[name] = (effective.abs() if "alpha" in name else effective).mean().item()
     return out
+
+
+# -----------------------------------------------------------------------------
+# Saturation and attention metrics, at every evaluation (Merrill et al. 2021, sections 2-3; spec norm_growth.md
+# sections 2, 3 and 6). All on a fixed validation batch, in fp32 without autocast, on the uncompiled model
+
+SATURATION_C = 1000.0   # the paper's saturation: every parameter times c = 1000 (GPT only, see saturation())
+ATTENTION_C = 100.0     # the attention-temperature variant: the attention logits times c = 100, for every model
+HEAD_COUNT_CS = (10, 100)  # head analysis: how many positions keep a weight > 1e-5 at these temperatures
+PROBE_TOKENS = 2048     # the metrics' validation batch: PROBE_TOKENS // block_size sequences (at least 1)
+
+
+@torch.no_grad()
+def block_outputs(model, idx, params=None):
+    """The residual stream after every block, [(B, T, C) in fp32], caught by forward hooks on the blocks. With
+    `params` the model runs with those parameters instead of its own (torch.func.functional_call): the live
+    model is never modified."""
+    outputs = []
+    hooks = [block.register_forward_hook(lambda module, args, out: outputs.append(out.float()))
+             for block in model.transformer.h]
+    try:
+        if params is None:
+            model(idx)
+        else:
+            torch.func.functional_call(model, params, (idx,))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return outputs
+
+
+@torch.no_grad()
+def saturation(model, idx, kind):
+    """Per block, the mean over tokens of cos(h_l(x; theta), h_l(x; saturated theta)): how close the network is to
+    its large-norm limit, to which norm growth drives it (Merrill et al., section 2). kind "params": every
+    parameter times SATURATION_C, the paper's definition (embeddings, gains and head included). It means nothing
+    for nGPT and anGPT, whose matrices enter only through normalized vectors or factors fixed by the shapes (spec
+    2.7); kind "attention" instead multiplies every attention logit by ATTENTION_C, which for GPT is the same as
+    scaling W_q by c and for nGPT the same as scaling s_qk by sqrt(c)."""
+    plain = block_outputs(model, idx)
+    if kind == "params":
+        saturated = block_outputs(model, idx, {name: p * SATURATION_C for name, p in model.named_parameters()})
+    else:
+        attentions = [block.attn for block in model.transformer.h]
+        for attn in attentions:
+            attn.logit_mult = ATTENTION_C
+        try:
+            saturated = block_outputs(model, idx)
+        finally:
+            for attn in attentions:
+                attn.logit_mult = 1.0
+    cosines = [F.cosine_similarity(a, b, dim=-1).mean() for a, b in zip(plain, saturated)]
+    return [round(v, 5) for v in torch.stack(cosines).tolist()]
+
+
+@torch.no_grad()
+def head_stats(logits, t_min, counts_at=HEAD_COUNT_CS, threshold=1e-5):
+    """Per head, from its pre-softmax logits (B, nh, T, T) before the causal mask: the mean over sequences and
+    queries t >= t_min (fewer keys say little) of (spec 3.3)
+      n_eff      exp(entropy of the attention weights): the positions attended; one-hot 1, uniform over s <= t: t + 1
+      f_eff      n_eff / (t + 1), the same as a fraction of the positions visible
+      count_c    #{s <= t : softmax(c * logits)_s > threshold}, the paper's count at the finite temperature 1/c
+      logit_std  the std of the logits over s <= t: the effective attention temperature (spec 6.1)
+    Returns {name: [one value per head]}."""
+    T = logits.size(-1)
+    visible = torch.ones(T, T, dtype=torch.bool, device=logits.device).tril()[t_min:]  # (T - t_min, T): s <= t
+    logits = logits.float()[:, :, t_min:].masked_fill(~visible, float("-inf"))  # (B, nh, T - t_min, T)
+    positions = visible.sum(-1).float()  # t + 1
+    weights = logits.softmax(-1)
+    n_eff = torch.exp(-torch.special.xlogy(weights, weights).sum(-1))  # xlogy(0, 0) = 0 for the masked keys
+    mean = logits.masked_fill(~visible, 0.0).sum(-1, keepdim=True) / positions[:, None]
+    var = (logits - mean).masked_fill(~visible, 0.0).square().sum(-1) / positions
+    out = dict(n_eff=n_eff, f_eff=n_eff / positions, logit_std=var.sqrt())
+    for c in counts_at:
+        out[f"count_c{c:g}"] = ((c * logits).softmax(-1) > threshold).sum(-1).float()
+    return {name: [round(v, 4) for v in value.mean(dim=(0, 2)).tolist()] for name, value in out.items()}
+
+
+@torch.no_grad()
+def attention_stats(model, idx):
+    """head_stats() of every layer: {name: [[one value per head] per layer]}, from the logits the attention modules
+    record during one forward pass."""
+    attentions = [block.attn for block in model.transformer.h]
+    for attn in attentions:
+        attn.record_logits = []
+    try:
+        model(idx)
+        logits = [attn.record_logits[0] for attn in attentions]
+    finally:
+        for attn in attentions:
+            attn.record_logits = None
+    t_min = min(16, idx.size(1) // 4)
+    per_layer = [head_stats(layer_logits, t_min) for layer_logits in logits]
+    return {name: [layer[name] for layer in per_layer] for name in per_layer[0]}
+
+
+def eval_metrics(model, idx, model_name):
+    """The eval record's saturation and attention fields. The model must be the uncompiled one; it is run in eval
+    mode and fp32 (the saturated logits reach c^4 = 1e12: bf16 would round near-equal ones to ties, fp16 overflow)."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.autocast(idx.device.type, enabled=False):
+            # GPT is about homogeneous in its parameters, so the paper's definition applies to it (spec 2.6); nGPT
+            # and anGPT get the attention-temperature variant under the same name (spec 2.7), and say so
+            kind = "params" if model_name == "gpt" else "attention"
+            main = saturation(model, idx, kind)
+            heads = attention_stats(model, idx)
+            return dict(saturation=main,
+                        saturation_kind=f"all parameters x {SATURATION_C:g}" if kind == "params"
+                        else f"attention logits x {ATTENTION_C:g}",
+                        saturation_attn=saturation(model, idx, "attention") if kind == "params" else main,
+                        attn_logit_std=[round(sum(layer) / len(layer), 4) for layer in heads["logit_std"]],
+                        heads=heads)
+    finally:
+        model.train(was_training)
 
 
 # -----------------------------------------------------------------------------
@@ -550,6 +673,7 @@ def main(argv=None):
     # the evaluation batches are drawn once and reused, so that successive evaluations are comparable
     eval_batches = {split: batches.get(split, seed=s["seed"] + 1 + k, count=s["eval_iters"] * s["batch_size"])
                     for k, split in enumerate(("train", "val"))}
+    probe = eval_batches["val"][0][: max(1, PROBE_TOKENS // s["block_size"])]  # for the saturation metrics
 
     @torch.no_grad()
     def evaluate():
@@ -607,7 +731,7 @@ def main(argv=None):
             best_val_loss = min(best_val_loss, losses["val"])
             log(dict(iter=iter_num, tokens=iter_num * tokens_per_iter, train_loss=losses["train"],
                      val_loss=losses["val"], lr=get_lr(iter_num, s), time_s=time_s, wall_s=time.time() - start_wall,
-                     scales=scale_summary(raw_model)))
+                     scales=scale_summary(raw_model), **(eval_metrics(raw_model, probe, s["model"]) if master else {})))
             if master:
                 print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
                 save_checkpoint(ckpt_path, checkpoint_state())

@@ -91,7 +91,7 @@ def test_two_processes_match_one_process_with_gradient_accumulation(char_dataset
 
 
 def test_the_lr_schedule_warms_up_linearly_then_decays_by_cosine_to_min_lr():
-    s = dict(learning_rate=1.0, min_lr=0.1, warmup_iters=10, max_iters=110)
+    s = dict(learning_rate=1.0, min_lr=0.1, warmup_iters=10, max_iters=110, decay_lr=True)
     assert train.get_lr(0, s) == pytest.approx(1 / 11)
     assert train.get_lr(9, s) == pytest.approx(10 / 11)
     assert train.get_lr(10, s) == pytest.approx(1.0)
@@ -203,6 +203,25 @@ def test_step_records_carry_the_norm_metrics_and_eval_records_the_scales(tiny_ru
     assert set(evals[0]["scales"]) == {"transformer.h.0.ln_1", "transformer.h.0.ln_2", "transformer.h.1.ln_1",
                                        "transformer.h.1.ln_2", "transformer.ln_f"}
     assert evals[0]["scales"]["transformer.ln_f"] == 1.0  # RMSNorm gains start at 1
+
+
+def test_eval_records_carry_saturation_and_head_statistics_per_layer(tiny_run):
+    out_dir, _ = tiny_run
+    evals = [r for r in read_log(out_dir) if "val_loss" in r]
+    for r in evals:
+        assert len(r["saturation"]) == len(r["saturation_attn"]) == len(r["attn_logit_std"]) == 2
+        assert r["saturation_kind"] == "all parameters x 1000"
+        assert len(r["heads"]["n_eff"]) == 2 and all(len(layer) == 2 for layer in r["heads"]["n_eff"])
+    # the first evaluation is of the fresh model: the random-init reference, far from saturated
+    assert max(evals[0]["saturation"]) < 0.5
+
+
+def test_decay_lr_false_keeps_the_learning_rate_constant_after_warmup():
+    s = train.resolve_settings(["--model", "gpt", "--decay_lr", "false", "--warmup_iters", "10"])[0]
+    assert train.get_lr(4, s) < s["learning_rate"]
+    assert [train.get_lr(it, s) for it in (10, 500, s["max_iters"])] == [s["learning_rate"]] * 3
+    decayed = train.resolve_settings(["--model", "gpt", "--warmup_iters", "10"])[0]
+    assert train.get_lr(decayed["max_iters"], decayed) == decayed["min_lr"]
 
 
 @pytest.mark.skipif("ngpt" not in train.MODELS, reason="needs ngpt.py")
