@@ -42,9 +42,18 @@ windows of 1x, 2x, 4x and 8x their training context, over all positions and over
 $ python compare.py --extrapolate --runs compare_out/runs --out_dir compare_out/length
 Other multiples, more windows per context, another device: --extrapolate 1,2,16 --extrapolate-windows 256 --device cuda
 
+Norm growth (Merrill et al. 2021): a GPT's parameter norm grows like sqrt(t) without weight decay at a constant LR,
+which drives it toward its "saturated" version; nGPT and anGPT bound their norms by construction. --norms trains
+GPT, nGPT and anGPT with their recipes and a GPT without weight decay at a constant LR (the default models otherwise
+are GPT, GPT+QK-norm, nGPT, anGPT), and adds norms.png, saturation.png and heads.png:
+$ python compare.py --norms --seeds 1 --out_dir compare_out/norms
+
 Writes into --out_dir (default compare_out/):
   convergence.png   val loss against steps, tokens and training time (mean over seeds, min-max band)
   norms.png         the parameter norm of the block matrices against steps, log-log, with each model's late slope
+  saturation.png    saturation per layer at initialization and at the end, and the attention-logit std over training
+  heads.png         histograms over the attention heads at the end of training: fraction of positions attended,
+                    positions left at logits x 10
   results.md        the table, the settings and the command line
   results.json      per run the eval curve, final loss and median ms/step; per model the aggregates, the target
                     and the baseline used: everything needed to recompute the table
@@ -76,9 +85,14 @@ VARIANTS = {
     "gpt_qk": ("gpt", ["--qk_norm", "true"], "GPT+QK-norm"),
     "ngpt": ("ngpt", [], "nGPT"),
     "angpt": ("angpt", [], "anGPT"),
+    # Merrill et al.'s sqrt(t) norm growth needs no weight decay and a constant LR; the recipe's decay hides it
+    "gpt_const": ("gpt", ["--weight_decay", "0", "--decay_lr", "false"], "GPT, no decay, const LR"),
 }
-PAPER_BASELINES = {"gpt": "gpt", "gpt_qk": "gpt", "ngpt": "gpt", "angpt": "gpt_qk"}
-COLORS = {"gpt": "#333333", "gpt_qk": "#1f77b4", "ngpt": "#2ca02c", "angpt": "#d62728"}  # baseline in gray
+DEFAULT_KEYS = ("gpt", "gpt_qk", "ngpt", "angpt")  # the convergence comparison
+NORMS_KEYS = ("gpt", "ngpt", "angpt", "gpt_const")  # --norms: the three recipes and the undecayed GPT
+PAPER_BASELINES = {"gpt": "gpt", "gpt_qk": "gpt", "ngpt": "gpt", "angpt": "gpt_qk", "gpt_const": "gpt"}
+COLORS = {"gpt": "#333333", "gpt_qk": "#1f77b4", "ngpt": "#2ca02c", "angpt": "#d62728",  # baseline in gray
+          "gpt_const": "#9467bd"}
 LR_MULTIPLIERS = (0.25, 0.5, 1, 2, 4)  # --lr-sweep: the grid around each model's recipe LR
 EVALS_PER_RUN = 20  # unless --eval_interval is given: steps-to-target interpolates between close points
 # --sweep: options plotted on a log axis, and options swept at a fixed token budget (max_iters x value fixed)
@@ -98,6 +112,19 @@ OWN_OPTIONS = {"--model": "--models", "--seed": "--seeds", "--out_dir": "compare
 
 def label(key):
     return VARIANTS[key][2] if key in VARIANTS else key
+
+
+def variant_of(config):
+    """The VARIANTS key of a run: the most specific variant whose model file and options its settings match."""
+    def matches(options):
+        for option, text in zip(options[::2], options[1::2]):
+            value = config.get(option[2:], train.DEFAULTS.get(option[2:]))  # older runs lack newer options
+            wanted = train.parse_bool(text) if isinstance(value, bool) else type(value)(text)
+            if value != wanted:
+                return False
+        return True
+    found = [key for key, (model, options, _) in VARIANTS.items() if model == config["model"] and matches(options)]
+    return max(found, key=lambda key: len(VARIANTS[key][1])) if found else config["model"]
 
 
 # -----------------------------------------------------------------------------
@@ -176,6 +203,34 @@ def mean_norm_curve(runs):
                 exponent=norm_growth_exponent(iters, norms.mean(0)))
 
 
+def mean_saturation(runs):
+    """Per model, from the eval records' saturation metrics: the saturation per layer at the first evaluation (the
+    fresh model, the random-init reference) and the last, mean over seeds; the attention-logit std (mean over layers)
+    per evaluation, mean over seeds; and the per-head statistics of all seeds together. None for runs logged
+    without these metrics."""
+    if not all(r["sat_iters"] for r in runs):
+        return None
+    at = lambda field, i: np.mean([r[field][i] for r in runs], axis=0).round(5).tolist()
+    iters = sorted(set.intersection(*(set(r["sat_iters"]) for r in runs)))
+    logit_std = [[float(np.mean(r["attn_logit_std"][r["sat_iters"].index(it)])) for it in iters] for r in runs]
+    heads = lambda which: {name: [v for r in runs for layer in r[which][name] for v in layer]
+                           for name in runs[0][which]}
+    return dict(kind=runs[0]["saturation_kind"], first_iter=runs[0]["sat_iters"][0], final_iter=runs[0]["sat_iters"][-1],
+                first=at("saturation", 0), final=at("saturation", -1),
+                attn_first=at("saturation_attn", 0), attn_final=at("saturation_attn", -1),
+                iters=iters, logit_std=np.mean(logit_std, axis=0).tolist(),
+                heads_first=heads("heads_first"), heads_final=heads("heads_final"))
+
+
+def head_classes(heads, argmax_count=1.5, mean_fraction=0.5):
+    """(argmax-like, mean-like, in between) head counts, as spec norm_growth.md 3.3 classifies them: argmax-like if
+    at temperature 1/10 it keeps at most 1.5 positions on average, mean-like if it spreads over at least half of the
+    positions it sees."""
+    argmax = sum(c <= argmax_count for c in heads["count_c10"])
+    mean = sum(c > argmax_count and f >= mean_fraction for c, f in zip(heads["count_c10"], heads["f_eff"]))
+    return argmax, mean, len(heads["f_eff"]) - argmax - mean
+
+
 # -----------------------------------------------------------------------------
 # Reading train.py runs
 
@@ -189,12 +244,18 @@ def read_run(folder):
     steps = [r for r in records if "ms_per_step" in r][1:]  # the first includes warm-up and compilation
     if not evals:
         raise train.ConfigError(f"{folder}/log.jsonl has no eval records yet")
-    key = config["model"] + ("_qk" if config.get("qk_norm") else "")
-    return dict(key=key, seed=config["seed"], dir=str(folder), learning_rate=config["learning_rate"],
+    saturated = [r for r in evals if "saturation" in r]  # runs logged before these metrics have none
+    return dict(key=variant_of(config), seed=config["seed"], dir=str(folder), learning_rate=config["learning_rate"],
                 iters=[r["iter"] for r in evals], tokens=[r["tokens"] for r in evals],
                 time_s=[r["time_s"] for r in evals], val_loss=[r["val_loss"] for r in evals],
                 final_val_loss=evals[-1]["val_loss"],
                 norm_iters=sorted(normed), param_norm=[normed[it] for it in sorted(normed)],
+                sat_iters=[r["iter"] for r in saturated], saturation=[r["saturation"] for r in saturated],
+                saturation_attn=[r["saturation_attn"] for r in saturated],
+                attn_logit_std=[r["attn_logit_std"] for r in saturated],
+                saturation_kind=saturated[-1]["saturation_kind"] if saturated else None,
+                heads_first=saturated[0]["heads"] if saturated else None,
+                heads_final=saturated[-1]["heads"] if saturated else None,
                 ms_per_step=float(np.median([r["ms_per_step"] for r in steps])) if steps else None,
                 tokens_per_s=float(np.median([r["tokens_per_s"] for r in steps])) if steps else None,
                 config=config)
@@ -248,7 +309,8 @@ def run_argv(key, seed, out_dir, args, rest, iters=None, learning_rate=None):
 def check_same_settings(folder, s):
     """A run in `folder` is reused or resumed only if it was started with the same settings `s`."""
     saved = json.loads((folder / "config.json").read_text())
-    differ = [k for k, v in s.items() if k not in train.SYSTEM_KEYS and saved.get(k) != v]
+    # an option newer than the run has its default value there
+    differ = [k for k, v in s.items() if k not in train.SYSTEM_KEYS and saved.get(k, train.DEFAULTS.get(k)) != v]
     if differ:
         raise train.ConfigError(f"{folder} holds a run with other settings ({', '.join(differ)}); "
                                 f"delete it or use another --out_dir")
@@ -529,6 +591,7 @@ def summarize(runs, baseline_arg, target_loss):
         models[key] = dict(label=label(key), seeds=[r["seed"] for r in by_key[key]],
                            learning_rate=sorted({r["learning_rate"] for r in by_key[key]}),
                            curve=mean_curve(by_key[key]), norms=mean_norm_curve(by_key[key]),
+                           saturation=mean_saturation(by_key[key]),
                            final_val_loss_mean=float(np.mean(finals)),
                            final_val_loss_std=float(np.std(finals, ddof=1)) if len(finals) > 1 else None,
                            ms_per_step=float(np.mean(ms)) if ms else None,
@@ -644,6 +707,82 @@ def plot_norms(models, path, title):
     plt.close(fig)
 
 
+def plot_saturation(models, path, title):
+    """Saturation per layer at the start and the end of training, in each model's own definition and in the common
+    attention-temperature one, and the attention-logit std over training."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    fig, axes = plt.subplots(1, 3, figsize=(18, 5.6))
+    for key, m in models.items():
+        sat, color = m["saturation"], COLORS.get(key)
+        layers = np.arange(1, len(sat["final"]) + 1)
+        axes[0].plot(layers, sat["final"], color=color, lw=2, marker="o", label=f"{m['label']}: {sat['kind']}")
+        axes[0].plot(layers, sat["first"], color=color, lw=1.5, ls="--", marker="o", mfc="white")
+        axes[1].plot(layers, sat["attn_final"], color=color, lw=2, marker="o", label=m["label"])
+        axes[1].plot(layers, sat["attn_first"], color=color, lw=1.5, ls="--", marker="o", mfc="white")
+        axes[2].plot(sat["iters"], sat["logit_std"], color=color, lw=2, label=m["label"])
+    for ax, name in zip(axes[:2], ("saturation, each model's definition", "saturation, attention logits x 100 (all models)")):
+        ax.set_xlabel("layer (block)")
+        ax.set_ylabel("mean cos(h, h saturated)")
+        ax.set_title(name)
+        ax.set_xticks(layers)
+        ax.set_ylim(min(-0.05, ax.get_ylim()[0]), 1.02)
+        ax.grid(alpha=0.3)
+    style = [Line2D([], [], color="gray", lw=2, marker="o", label="end of training"),
+             Line2D([], [], color="gray", lw=1.5, ls="--", marker="o", mfc="white", label="initialization")]
+    # between the normalized models (near 1) and GPT's all-parameter curves (below 0.5)
+    axes[0].legend(handles=axes[0].get_legend_handles_labels()[0] + style, frameon=False, fontsize=9,
+                   loc="center right", bbox_to_anchor=(1, 0.66))
+    axes[1].legend(handles=axes[1].get_legend_handles_labels()[0] + style, frameon=False, fontsize=9)
+    axes[2].set_yscale("log")
+    axes[2].set_xlabel("optimizer steps")
+    axes[2].set_ylabel("std of the attention logits, mean over layers and heads")
+    axes[2].set_title("effective attention temperature")
+    axes[2].grid(alpha=0.3, which="both")
+    axes[2].legend(frameon=False)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_heads(models, path, title):
+    """Per model, histograms over its heads (all seeds) of the fraction of visible positions attended (f_eff) and of
+    the positions left at temperature 1/10, at the end of training, with the initialization as an outline."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = list(models)
+    fig, axes = plt.subplots(2, len(keys), figsize=(4.2 * len(keys), 7.5), squeeze=False)
+    most = max(max(m["saturation"]["heads_first"]["count_c10"] + m["saturation"]["heads_final"]["count_c10"])
+               for m in models.values())
+    count_bins = np.geomspace(1, max(2.0, most * 1.05), 21)
+    for col, key in enumerate(keys):
+        m, color = models[key], COLORS.get(key)
+        first, final = m["saturation"]["heads_first"], m["saturation"]["heads_final"]
+        for row, (name, bins, xlabel) in enumerate((("f_eff", np.linspace(0, 1, 21), "exp(entropy) / positions visible"),
+                                                    ("count_c10", count_bins, "positions with weight > 1e-5 at logits x 10"))):
+            ax = axes[row, col]
+            ax.hist(final[name], bins=bins, color=color, alpha=0.7, label="end of training")
+            ax.hist(first[name], bins=bins, histtype="step", color="gray", lw=1.5, ls="--", label="initialization")
+            if row == 1:
+                ax.set_xscale("log")
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel("heads")
+            ax.grid(alpha=0.3)
+        argmax, mean, other = head_classes(final)
+        axes[0, col].set_title(f"{m['label']}\n{argmax} argmax-like, {mean} mean-like, {other} between")
+    axes[0, 0].legend(frameon=False)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 SHOWN_SETTINGS = ("preset", "dataset", "n_layer", "n_head", "n_embd", "block_size", "batch_size",
                   "gradient_accumulation_steps", "tokens_per_iter", "max_iters", "eval_interval", "eval_iters",
                   "warmup_iters", "weight_decay", "grad_clip", "num_params", "device", "dtype", "world_size")
@@ -702,6 +841,27 @@ def markdown(models, settings, lr_sweep_losses, command):
         lines += ["", "The norm of the 2-D weights inside the blocks (no embeddings, no output head, no gains or "
                   "scales), mean over seeds. Late slope: OLS of log(norm) on log(step) over the second half of the "
                   "run; sqrt(t) growth gives 0.5, a constant norm 0.", ""]
+    if all(m["saturation"] for m in models.values()):
+        per_layer = lambda values: " ".join(f"{v:.2f}" for v in values)
+        lines += ["## Saturation and attention heads", "",
+                  "| model | saturation: definition | per layer, init -> final | attention logits x 100, init -> final "
+                  "| attention-logit std, init -> final | mean n_eff per head | heads: argmax-like / mean-like / between |",
+                  "|---|---|---|---|---|---|---|"]
+        for m in models.values():
+            sat = m["saturation"]
+            n_eff = sat["heads_final"]["n_eff"]
+            lines.append(f"| {m['label']} | {sat['kind']} | {per_layer(sat['first'])} -> {per_layer(sat['final'])} | "
+                         f"{per_layer(sat['attn_first'])} -> {per_layer(sat['attn_final'])} | "
+                         f"{sat['logit_std'][0]:.3f} -> {sat['logit_std'][-1]:.2f} | "
+                         f"{sum(n_eff) / len(n_eff):.1f} (init {np.mean(sat['heads_first']['n_eff']):.1f}) | "
+                         f"{' / '.join(map(str, head_classes(sat['heads_final'])))} |")
+        lines += ["", "Saturation (Merrill et al. 2021): per layer, the mean over the tokens of a fixed validation batch "
+                  "of cos(h, h saturated), where the saturated network has every parameter times 1000 (GPT: the "
+                  "paper's definition) or its attention logits times 100 (nGPT and anGPT, whose matrices are "
+                  "scale-free; and every model in the second column). Init: the first evaluation, of the fresh "
+                  "model. n_eff = exp(entropy) of a head's attention weights, over queries 16 and later; a head "
+                  "is argmax-like if it keeps at most 1.5 positions with weight > 1e-5 at logits x 10, mean-like "
+                  "if n_eff is at least half the positions it sees. Heads of all seeds together.", ""]
     lines += ["## Settings", ""]
     for name, value in settings.items():
         if isinstance(value, dict):
@@ -833,6 +993,27 @@ def sweep_markdown(option, models, budget, settings, diverged_runs, command):
     if diverged_runs:
         lines += ["## Diverged runs", ""] + [f"- {label(key)}, {option} {value}, seed {r['seed']}: {r['diverged']}"
                                              for key, value, r in diverged_runs] + [""]
+    if all(m["saturation"] for m in models.values()):
+        per_layer = lambda values: " ".join(f"{v:.2f}" for v in values)
+        lines += ["## Saturation and attention heads", "",
+                  "| model | saturation: definition | per layer, init -> final | attention logits x 100, init -> final "
+                  "| attention-logit std, init -> final | mean n_eff per head | heads: argmax-like / mean-like / between |",
+                  "|---|---|---|---|---|---|---|"]
+        for m in models.values():
+            sat = m["saturation"]
+            n_eff = sat["heads_final"]["n_eff"]
+            lines.append(f"| {m['label']} | {sat['kind']} | {per_layer(sat['first'])} -> {per_layer(sat['final'])} | "
+                         f"{per_layer(sat['attn_first'])} -> {per_layer(sat['attn_final'])} | "
+                         f"{sat['logit_std'][0]:.3f} -> {sat['logit_std'][-1]:.2f} | "
+                         f"{sum(n_eff) / len(n_eff):.1f} (init {np.mean(sat['heads_first']['n_eff']):.1f}) | "
+                         f"{' / '.join(map(str, head_classes(sat['heads_final'])))} |")
+        lines += ["", "Saturation (Merrill et al. 2021): per layer, the mean over the tokens of a fixed validation batch "
+                  "of cos(h, h saturated), where the saturated network has every parameter times 1000 (GPT: the "
+                  "paper's definition) or its attention logits times 100 (nGPT and anGPT, whose matrices are "
+                  "scale-free; and every model in the second column). Init: the first evaluation, of the fresh "
+                  "model. n_eff = exp(entropy) of a head's attention weights, over queries 16 and later; a head "
+                  "is argmax-like if it keeps at most 1.5 positions with weight > 1e-5 at logits x 10, mean-like "
+                  "if n_eff is at least half the positions it sees. Heads of all seeds together.", ""]
     lines += ["## Settings", ""]
     for name, value in settings.items():
         if isinstance(value, dict):
@@ -954,7 +1135,8 @@ def training_keys(p, args, rest, out_dir):
         if has_option(rest, option):
             p.error(f"{option} is set by compare.py; use {instead}")
     available = [k for k in VARIANTS if VARIANTS[k][0] in train.MODELS]
-    keys = args.models.split(",") if args.models else available
+    default = NORMS_KEYS if getattr(args, "norms", False) else DEFAULT_KEYS
+    keys = args.models.split(",") if args.models else [k for k in default if k in available]
     for key in keys:
         if key not in available:
             p.error(f"--models: {key!r} is not one of {', '.join(available)}")
@@ -1083,6 +1265,8 @@ def main(argv=None):
     p.add_argument("--lr-sweep-iters", "--lr_sweep_iters", type=int, default=None,
                    help="steps per sweep run (default: --iters)")
     p.add_argument("--log-x", "--log_x", action="store_true", help="log-scaled x axes")
+    p.add_argument("--norms", action="store_true",
+                   help=f"norm growth and saturation: train {', '.join(NORMS_KEYS)} (default models: {', '.join(DEFAULT_KEYS)})")
     p.add_argument("--sweep", default=None, metavar="OPTION=V1,V2,...",
                    help="one run per model, value and seed of any train.py option; batch sizes at a fixed token budget")
     p.add_argument("--extrapolate", nargs="?", const=EXTRAPOLATION_FACTORS, default=None, metavar="FACTORS",
@@ -1095,6 +1279,8 @@ def main(argv=None):
     command = "python compare.py " + shlex.join(argv)
     if args.sweep and args.extrapolate is not None:
         p.error("--sweep and --extrapolate: one at a time")
+    if args.norms and (args.sweep or args.extrapolate is not None):
+        p.error("--norms has no effect with --sweep or --extrapolate")
     if args.extrapolate is not None:
         return extrapolation_command(p, args, rest, out_dir, command)
     if args.sweep:
@@ -1141,6 +1327,10 @@ def main(argv=None):
     if all(m["norms"] for m in models.values()):
         plot_norms(models, out_dir / "norms.png", title.replace("Validation loss. ", "Parameter norm, "))
         written.append(out_dir / "norms.png")
+    if all(m["saturation"] for m in models.values()):
+        plot_saturation(models, out_dir / "saturation.png", title.replace("Validation loss. ", "Saturation, "))
+        plot_heads(models, out_dir / "heads.png", title.replace("Validation loss. ", "Attention heads, "))
+        written += [out_dir / "saturation.png", out_dir / "heads.png"]
     table = markdown(models, settings, lr_sweep_losses, command)
     (out_dir / "results.md").write_text(table)
     sweep = {k: dict(best=min(v, key=v.get), final_val_loss={repr(lr): loss if math.isfinite(loss) else None

@@ -99,6 +99,31 @@ def test_compare_writes_a_plot_a_table_and_the_numbers_behind_it(two_runs, tmp_p
     assert models["gpt"]["norms"]["exponent"] == pytest.approx(
         compare.norm_growth_exponent(gpt_runs[0]["norm_iters"], mean_norm))
 
+    # saturation and attention heads: two plots, a table, and the per-layer values of the runs' last eval records
+    for name in ("saturation.png", "heads.png"):
+        assert (out / name).read_bytes().startswith(PNG_SIGNATURE)
+    assert "## Saturation and attention heads" in table and "| GPT | all parameters x 1000 | " in table
+    final_evals = [train.read_log(two_runs / "a" / "log.jsonl")[-1]]
+    assert models["gpt"]["saturation"]["final"] == pytest.approx(final_evals[0]["saturation"], abs=1e-5)
+    assert models["gpt"]["saturation"]["first_iter"] == 0  # the fresh model: the random-init reference
+    assert len(models["gpt"]["saturation"]["heads_final"]["n_eff"]) == 2 * 2  # layers x heads, one seed
+
+
+def test_runs_are_named_by_the_variant_their_settings_match():
+    gpt = train.resolve_settings(["--model", "gpt"])[0]
+    assert compare.variant_of(gpt) == "gpt"
+    assert compare.variant_of(dict(gpt, qk_norm=True)) == "gpt_qk"
+    assert compare.variant_of(dict(gpt, weight_decay=0.0, decay_lr=False)) == "gpt_const"
+    assert compare.variant_of(dict(gpt, weight_decay=0.0)) == "gpt"  # decaying LR: not the sqrt(t) setting
+    older = {k: v for k, v in gpt.items() if k != "decay_lr"}  # a run logged before --decay_lr existed
+    assert compare.variant_of(older) == "gpt"
+    assert compare.variant_of(train.resolve_settings(["--model", "ngpt"])[0]) == "ngpt"
+
+
+def test_heads_are_argmax_like_mean_like_or_in_between():
+    heads = dict(count_c10=[1.0, 1.4, 30.0, 4.0], f_eff=[0.02, 0.03, 0.9, 0.2])
+    assert compare.head_classes(heads) == (2, 1, 1)
+
 
 def test_a_target_that_no_curve_reaches_is_reported_as_not_reached(two_runs, tmp_path):
     compare.main(["--runs", str(two_runs), "--out_dir", str(tmp_path), "--target-loss", "0.5"])
@@ -115,6 +140,16 @@ def test_compare_trains_interleaved_runs_end_to_end(char_dataset, tmp_path):
     assert (tmp_path / "convergence.png").read_bytes().startswith(PNG_SIGNATURE)
     assert results["models"]["gpt"]["curve"]["iters"][-1] == 10
     assert results["settings"]["max_iters"] == 10
+
+
+def test_norms_trains_the_three_recipes_and_gpt_without_decay_at_a_constant_lr(char_dataset, tmp_path):
+    data_dir, name = char_dataset
+    results = compare.main(["--norms", "--iters", "4", "--seeds", "1", "--out_dir", str(tmp_path), *TINY,
+                            "--n_layer", "1", "--eval_interval", "2", "--data_dir", data_dir, "--dataset", name])
+    assert list(results["models"]) == [k for k in compare.NORMS_KEYS if compare.VARIANTS[k][0] in train.MODELS]
+    config = json.loads((tmp_path / "runs" / "gpt_const-s0" / "config.json").read_text())
+    assert config["weight_decay"] == 0 and config["decay_lr"] is False
+    assert (tmp_path / "heads.png").read_bytes().startswith(PNG_SIGNATURE)
 
 
 def test_the_same_command_again_reuses_complete_runs(char_dataset, tmp_path, capsys):
