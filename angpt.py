@@ -251,12 +251,13 @@ class MLP(nn.Module):
         # N(0, 1/4), where SiLU bends (nGPT's trick; [I] spec 3.5)
         self.gate_gain = self.nu_uz * math.sqrt(config.n_embd)
         # h_M = nu_d W_d (nu_acf silu(.) * nu_uz u) is linear in u: its three constants become one, applied to h_M,
-        # the narrowest tensor (n_embd wide, not 4 n_embd)
-        self.out_gain = self.nu_uz * self.nu_acf * self.nu_d
+        # the narrowest tensor (n_embd wide, not 4 n_embd). The gate's gain is applied to the input x instead of z (the
+        # same for z, 4 times fewer numbers), which scales u too: out_gain takes that back
+        self.out_gain = self.nu_uz * self.nu_acf * self.nu_d / self.gate_gain
 
     def forward(self, x):
-        u, z = self.c_fc(x).chunk(2, dim=-1)
-        g = F.silu(z * self.gate_gain) * u
+        u, z = self.c_fc(x * self.gate_gain).chunk(2, dim=-1)  # z with its gain, u with the gain out_gain removes
+        g = F.silu(z) * u
         return self.c_proj(g) * self.out_gain  # h_M
 
 
@@ -360,10 +361,13 @@ class Model(nn.Module):
         for block in self.transformer.h:
             h = block(h, tables)
         # no final norm: h is about a unit vector already
+        # z = (E_output h) s_z, with s_z applied to the rows of E_output: a (vocab_size, n_embd) matrix is smaller than
+        # the (tokens, vocab_size) logits when a batch has more than n_embd tokens, so this is cheaper
+        output_embedding = self.lm_head.weight * self.s_z().unsqueeze(1)  # (vocab_size, n_embd)
         if targets is None:
             # inference: only the last position's logits are needed
-            return self.lm_head(h[:, [-1], :]) * self.s_z(), None
-        logits = self.lm_head(h) * self.s_z()  # z = (E_output h) s_z
+            return F.linear(h[:, [-1], :], output_embedding), None
+        logits = F.linear(h, output_embedding)
         loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
         return logits, loss
 

@@ -72,10 +72,28 @@ RECIPE = dict(
 )
 
 
-def norm(x, dim=-1):
-    """Project onto the unit sphere: x / ||x|| along dim, in fp32, without an epsilon (as NVIDIA's code)."""
-    x = x.float()
-    return x / x.norm(dim=dim, keepdim=True)
+class Norm(torch.autograd.Function):
+    """y = x / ||x|| along the last dim, with its gradient written out: dL/dx = (g - y (g . y)) / ||x|| for g = dL/dy,
+    the part of g tangent to the sphere at y, divided by ||x||. The same derivative autograd finds for x / x.norm(), in
+    5 elementwise ops instead of about 10: nGPT normalizes 8 times per block, and in eager mode these small ops add up
+    (bench.py)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        length = x.norm(dim=-1, keepdim=True)
+        y = x / length
+        ctx.save_for_backward(y, length)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        y, length = ctx.saved_tensors
+        return (g - y * (g * y).sum(dim=-1, keepdim=True)) / length
+
+
+def norm(x):
+    """Project onto the unit sphere: x / ||x|| along the last dim, in fp32, without an epsilon (as NVIDIA's code)."""
+    return Norm.apply(x.float())
 
 
 class Scale(nn.Module):
@@ -145,9 +163,10 @@ class CausalSelfAttention(nn.Module):
         k = k.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
         q, k = apply_rope(self.rope, q, tables), apply_rope(self.rope, k, tables)
-        # q <- Norm(q) s_qk, k <- Norm(k) s_qk, per head, after the positional transform
+        # q <- Norm(q) s_qk, k <- Norm(k) s_qk, per head, after the positional transform. Only their dot product is
+        # used, sum_i s_qk_i^2 Norm(q)_i Norm(k)_i, so s_qk^2 is applied to q alone: one multiply fewer
         s_qk = self.s_qk().view(self.n_head, 1, self.head_dim)  # (nh, 1, hs), broadcast over B and T
-        q, k = s_qk * norm(q), s_qk * norm(k)
+        q, k = (s_qk * s_qk) * norm(q), norm(k)
         # q.k is now s_qk^2 times a cosine, whose variance is about 1/hs for random directions: the softmax scale
         # becomes +sqrt(hs) instead of 1/sqrt(hs), to bring the attention logits back to variance 1
         scale = self.logit_mult * math.sqrt(self.head_dim)
@@ -172,19 +191,17 @@ class MLP(nn.Module):
     def forward(self, x):
         # u <- u s_u, v <- v s_v sqrt(n_embd): each entry of v is a cosine, where SiLU is nearly linear; sqrt(n_embd)
         # brings the gate's input back to where SiLU bends. NVIDIA's code multiplies u by sqrt(n_embd) too, which
-        # the block's Norm of the output removes
-        u, v = (self.c_fc(x) * (self.s_uv() * self.sqrt_n_embd)).chunk(2, dim=-1)
+        # the block's Norm of the output removes. Scaling an output of c_fc is scaling its row of the matrix: done on
+        # the (8 n_embd, n_embd) matrix, which is smaller than the (tokens, 8 n_embd) output when a batch has more
+        # than n_embd tokens, and so cheaper, forward and backward
+        scale = (self.s_uv() * self.sqrt_n_embd).unsqueeze(1)  # (8 n_embd, 1): one factor per row
+        u, v = F.linear(x, self.c_fc.weight * scale).chunk(2, dim=-1)
         return self.c_proj(u * F.silu(v))
 
 
 def step_on_sphere(h, h_block, alpha):
     """h <- Norm(h + alpha (h_block - h)): a step of size alpha from h toward h_block, back onto the sphere."""
-    # NVIDIA's code steps from Norm(h) rather than h. The value is the same (h is a unit vector already), but
-    # the gradient through this term loses its component along h. That matters for the token embeddings,
-    # whose rows are not normalized in the forward: without it their first Adam step (about lr * sign(grad))
-    # differs from NVIDIA's in elements with a near-zero gradient (tests/test_ngpt.py, the golden step)
-    h = norm(h)
-    return norm(h + alpha * (h_block - h))
+    return norm(torch.lerp(h, h_block, alpha))  # lerp(a, b, w) = a + w (b - a), in one op
 
 
 class Block(nn.Module):
@@ -200,7 +217,13 @@ class Block(nn.Module):
     def forward(self, h, tables):
         # eq. (10-11), h_A = Norm(Attn(h)) and h_M = Norm(MLP(h)); abs() keeps the eigen learning rates
         # positive (the paper reports the same results for signed ones, appendix A.2)
-        h = step_on_sphere(h, norm(self.attn(h, tables)), self.alpha_attn().abs())
+        # NVIDIA's code steps from Norm(h) rather than h. The value is the same (h is a unit vector already), but the
+        # gradient through Norm(h) loses its component along h. That matters for the token embeddings, the input of
+        # the first block, whose rows are not normalized in the forward: without it their first Adam step (about
+        # lr * sign(grad)) differs from NVIDIA's in elements with a near-zero gradient (tests/test_ngpt.py, the golden
+        # step). Everywhere else h is the output of a Norm already, whose backward removes that component anyway: the
+        # step of the MLP skips the second Norm(h), which would change nothing
+        h = step_on_sphere(norm(h), norm(self.attn(h, tables)), self.alpha_attn().abs())
         h = step_on_sphere(h, norm(self.mlp(h)), self.alpha_mlp().abs())
         return h
 
@@ -269,10 +292,13 @@ class Model(nn.Module):
         for block in self.transformer.h:
             h = block(h, tables)
         # no final norm: h is already a unit vector
+        # z = (E_output h) s_z, with s_z applied to the rows of E_output: a (vocab_size, n_embd) matrix is smaller than
+        # the (tokens, vocab_size) logits when a batch has more than n_embd tokens, so this is cheaper
+        output_embedding = self.lm_head.weight * self.s_z().unsqueeze(1)  # (vocab_size, n_embd)
         if targets is None:
             # inference: only the last position's logits are needed
-            return self.lm_head(h[:, [-1], :]) * self.s_z(), None
-        logits = self.lm_head(h) * self.s_z()  # z = (E_output h) s_z
+            return F.linear(h[:, [-1], :], output_embedding), None
+        logits = F.linear(h, output_embedding)
         loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
         return logits, loss
 
