@@ -993,27 +993,6 @@ def sweep_markdown(option, models, budget, settings, diverged_runs, command):
     if diverged_runs:
         lines += ["## Diverged runs", ""] + [f"- {label(key)}, {option} {value}, seed {r['seed']}: {r['diverged']}"
                                              for key, value, r in diverged_runs] + [""]
-    if all(m["saturation"] for m in models.values()):
-        per_layer = lambda values: " ".join(f"{v:.2f}" for v in values)
-        lines += ["## Saturation and attention heads", "",
-                  "| model | saturation: definition | per layer, init -> final | attention logits x 100, init -> final "
-                  "| attention-logit std, init -> final | mean n_eff per head | heads: argmax-like / mean-like / between |",
-                  "|---|---|---|---|---|---|---|"]
-        for m in models.values():
-            sat = m["saturation"]
-            n_eff = sat["heads_final"]["n_eff"]
-            lines.append(f"| {m['label']} | {sat['kind']} | {per_layer(sat['first'])} -> {per_layer(sat['final'])} | "
-                         f"{per_layer(sat['attn_first'])} -> {per_layer(sat['attn_final'])} | "
-                         f"{sat['logit_std'][0]:.3f} -> {sat['logit_std'][-1]:.2f} | "
-                         f"{sum(n_eff) / len(n_eff):.1f} (init {np.mean(sat['heads_first']['n_eff']):.1f}) | "
-                         f"{' / '.join(map(str, head_classes(sat['heads_final'])))} |")
-        lines += ["", "Saturation (Merrill et al. 2021): per layer, the mean over the tokens of a fixed validation batch "
-                  "of cos(h, h saturated), where the saturated network has every parameter times 1000 (GPT: the "
-                  "paper's definition) or its attention logits times 100 (nGPT and anGPT, whose matrices are "
-                  "scale-free; and every model in the second column). Init: the first evaluation, of the fresh "
-                  "model. n_eff = exp(entropy) of a head's attention weights, over queries 16 and later; a head "
-                  "is argmax-like if it keeps at most 1.5 positions with weight > 1e-5 at logits x 10, mean-like "
-                  "if n_eff is at least half the positions it sees. Heads of all seeds together.", ""]
     lines += ["## Settings", ""]
     for name, value in settings.items():
         if isinstance(value, dict):

@@ -75,7 +75,7 @@ RECIPE = dict(
 class Norm(torch.autograd.Function):
     """y = x / ||x|| along the last dim, with its gradient written out: dL/dx = (g - y (g . y)) / ||x|| for g = dL/dy,
     the part of g tangent to the sphere at y, divided by ||x||. The same derivative autograd finds for x / x.norm(), in
-    5 elementwise ops instead of about 10: nGPT normalizes 8 times per block, and in eager mode these small ops add up
+    5 elementwise ops instead of about 10: nGPT normalizes 7 times per block, and in eager mode these small ops add up
     (bench.py)."""
 
     @staticmethod
@@ -217,12 +217,11 @@ class Block(nn.Module):
     def forward(self, h, tables):
         # eq. (10-11), h_A = Norm(Attn(h)) and h_M = Norm(MLP(h)); abs() keeps the eigen learning rates
         # positive (the paper reports the same results for signed ones, appendix A.2)
-        # NVIDIA's code steps from Norm(h) rather than h. The value is the same (h is a unit vector already), but the
-        # gradient through Norm(h) loses its component along h. That matters for the token embeddings, the input of
-        # the first block, whose rows are not normalized in the forward: without it their first Adam step (about
-        # lr * sign(grad)) differs from NVIDIA's in elements with a near-zero gradient (tests/test_ngpt.py, the golden
-        # step). Everywhere else h is the output of a Norm already, whose backward removes that component anyway: the
-        # step of the MLP skips the second Norm(h), which would change nothing
+        # NVIDIA's code steps from Norm(h) rather than h: the same value (h is a unit vector already), but the
+        # gradient through Norm(h) loses its component along h. That matters for the first block's input, the token
+        # embeddings, which are not normalized in the forward: without it their first Adam step (about lr * sign(grad))
+        # differs from NVIDIA's where the gradient is near zero (tests/test_ngpt.py, the golden step). The MLP's step
+        # skips it: its h is the output of a Norm, whose backward removes that component already
         h = step_on_sphere(norm(h), norm(self.attn(h, tables)), self.alpha_attn().abs())
         h = step_on_sphere(h, norm(self.mlp(h)), self.alpha_mlp().abs())
         return h

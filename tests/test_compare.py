@@ -106,7 +106,7 @@ def test_compare_writes_a_plot_a_table_and_the_numbers_behind_it(two_runs, tmp_p
     final_evals = [train.read_log(two_runs / "a" / "log.jsonl")[-1]]
     assert models["gpt"]["saturation"]["final"] == pytest.approx(final_evals[0]["saturation"], abs=1e-5)
     assert models["gpt"]["saturation"]["first_iter"] == 0  # the fresh model: the random-init reference
-    assert len(models["gpt"]["saturation"]["heads_final"]["n_eff"]) == 2 * 2  # layers x heads, one seed
+    assert len(models["gpt"]["saturation"]["heads_final"]["n_eff"]) == 1 * 2  # layers x heads, one seed
 
 
 def test_runs_are_named_by_the_variant_their_settings_match():

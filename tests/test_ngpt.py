@@ -221,3 +221,13 @@ def test_after_step_does_not_loop_over_rows():
             model.after_step()
         counts.append(counter.calls)
     assert counts[0] == counts[1]
+
+
+def test_norm_has_the_gradient_of_x_over_its_length():
+    """ngpt.Norm writes its backward out by hand; it must be the derivative autograd finds for x / ||x||."""
+    x = torch.randn(3, 5, 16, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(ngpt.Norm.apply, (x,))
+    g = torch.randn(3, 5, 16, dtype=torch.float64)
+    (by_hand,) = torch.autograd.grad(ngpt.Norm.apply(x), x, g)
+    (by_autograd,) = torch.autograd.grad(x / x.norm(dim=-1, keepdim=True), x, g)
+    torch.testing.assert_close(by_hand, by_autograd)
