@@ -212,13 +212,15 @@ def mean_saturation(runs):
         return None
     at = lambda field, i: np.mean([r[field][i] for r in runs], axis=0).round(5).tolist()
     iters = sorted(set.intersection(*(set(r["sat_iters"]) for r in runs)))
-    logit_std = [[float(np.mean(r["attn_logit_std"][r["sat_iters"].index(it)])) for it in iters] for r in runs]
+    # (seeds, evals, layers) -> mean over seeds, then the mean, lowest and highest layer at each evaluation
+    logit_std = np.mean([[r["attn_logit_std"][r["sat_iters"].index(it)] for it in iters] for r in runs], axis=0)
     heads = lambda which: {name: [v for r in runs for layer in r[which][name] for v in layer]
                            for name in runs[0][which]}
     return dict(kind=runs[0]["saturation_kind"], first_iter=runs[0]["sat_iters"][0], final_iter=runs[0]["sat_iters"][-1],
                 first=at("saturation", 0), final=at("saturation", -1),
                 attn_first=at("saturation_attn", 0), attn_final=at("saturation_attn", -1),
-                iters=iters, logit_std=np.mean(logit_std, axis=0).tolist(),
+                iters=iters, logit_std=logit_std.mean(1).tolist(), logit_std_lo=logit_std.min(1).tolist(),
+                logit_std_hi=logit_std.max(1).tolist(),
                 heads_first=heads("heads_first"), heads_final=heads("heads_final"))
 
 
@@ -724,6 +726,7 @@ def plot_saturation(models, path, title):
         axes[1].plot(layers, sat["attn_final"], color=color, lw=2, marker="o", label=m["label"])
         axes[1].plot(layers, sat["attn_first"], color=color, lw=1.5, ls="--", marker="o", mfc="white")
         axes[2].plot(sat["iters"], sat["logit_std"], color=color, lw=2, label=m["label"])
+        axes[2].fill_between(sat["iters"], sat["logit_std_lo"], sat["logit_std_hi"], color=color, alpha=0.15, lw=0)
     for ax, name in zip(axes[:2], ("saturation, each model's definition", "saturation, attention logits x 100 (all models)")):
         ax.set_xlabel("layer (block)")
         ax.set_ylabel("mean cos(h, h saturated)")
@@ -739,7 +742,9 @@ def plot_saturation(models, path, title):
     axes[1].legend(handles=axes[1].get_legend_handles_labels()[0] + style, frameon=False, fontsize=9)
     axes[2].set_yscale("log")
     axes[2].set_xlabel("optimizer steps")
-    axes[2].set_ylabel("std of the attention logits, mean over layers and heads")
+    axes[2].set_ylabel("std of the attention logits (mean over heads)")
+    axes[2].text(0.02, 0.98, "line: mean over layers; band: lowest to highest layer", transform=axes[2].transAxes,
+                 va="top", fontsize=9, color="gray")
     axes[2].set_title("effective attention temperature")
     axes[2].grid(alpha=0.3, which="both")
     axes[2].legend(frameon=False)
