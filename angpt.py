@@ -28,8 +28,9 @@ so nu = sqrt(d/r)):
   nu(a)    1/sqrt(a^2 + (1-a)^2)          step_near_sphere()           h after each residual step (spec 3.4)
 The factors are constants, and most maps between them are linear, so the forward applies each where it costs least
 (the same function; tests/test_angpt.py checks it against the factor-by-factor reading): nu_qkv^2 goes into the
-softmax scale, nu_qkv of v, nu_att and nu_p into one multiply of the attention output, and the three factors on
-the MLP's linear path (nu_uz of u, nu_acf, nu_d) into one multiply of h_M.
+softmax scale, nu_qkv of v, nu_att and nu_p into one multiply of the attention output; the gate's gain
+nu_uz sqrt(n_embd) multiplies the MLP's input (which scales u too), and the factors on the MLP's linear path (nu_uz
+of u, nu_acf, nu_d, divided by that gain) make one multiply of h_M.
 The learned vectors are Scales as in ngpt.py (stored at s_scale, multiplied by s_init/s_scale in the forward):
   alpha_A  transformer.h.{l}.alpha_attn.weight  (n_embd,)      alpha_init, then abs()  s_scale 1/sqrt(n_embd)
   alpha_M  transformer.h.{l}.alpha_mlp.weight   (n_embd,)      alpha_init, then abs()  s_scale 1/sqrt(n_embd)
@@ -37,10 +38,10 @@ The learned vectors are Scales as in ngpt.py (stored at s_scale, multiplied by s
 There is no s_qk and no s_u, s_v: the summaries name alpha_A, alpha_M and s_z as anGPT's only learned scales (spec 5).
 
 What the forward computes with the default options: one embedding lookup, then per block
-  matmul, RoPE, SDPA (scale sqrt(d_head) nu_qkv^2), x nu_qkv nu_p sqrt(t), matmul, lerp with nu(alpha)  (attention)
-  matmul, x nu_uz sqrt(n_embd), silu, x u, matmul, x nu_uz nu_acf nu_d, lerp with nu(alpha)            (MLP)
-and one matmul x s_z for the logits: no vector norm anywhere (tests/test_angpt.py counts them). nGPT computes six
-per block. The only norms left are in after_step(), one per matrix per optimizer step.
+  matmul, RoPE, SDPA (scale sqrt(d_head) nu_qkv^2), x nu_qkv nu_p sqrt(t), matmul, lerp with nu(alpha)   (attention)
+  x nu_uz sqrt(n_embd), matmul, silu, x u, matmul, x nu_acf nu_d / sqrt(n_embd), lerp with nu(alpha)     (MLP)
+and one matmul with s_z on the rows of lm_head for the logits: no vector norm anywhere (tests/test_angpt.py counts
+them). nGPT computes seven per block. The only norms left are in after_step(), one per matrix per optimizer step.
 
 Choices the sources leave open (spec section 10), each an option where it changes the math:
   - attn_out_norm: the attention output is a weighted mean of values; its norm depends on how spread the
