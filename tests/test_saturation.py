@@ -70,14 +70,20 @@ def test_the_metrics_leave_the_live_model_as_it_was(name):
     assert all(block.attn.logit_mult == 1.0 and block.attn.record_logits is None for block in model.transformer.h)
 
 
+def outputs_with_logits_times(model, idx, c):
+    """The block outputs with every attention logit multiplied by c."""
+    for block in model.transformer.h:
+        block.attn.logit_mult = c
+    outputs = train.block_outputs(model, idx)
+    for block in model.transformer.h:
+        block.attn.logit_mult = 1.0
+    return outputs
+
+
 def test_the_gpt_logit_multiplier_is_the_same_as_scaling_w_q():
     """For a bias-free GPT, logits x c equals W_q x c (spec 2.7): the multiplier reaches the right place."""
     model, idx, c = fresh("gpt"), probe(), 7.0
-    for block in model.transformer.h:
-        block.attn.logit_mult = c
-    multiplied = train.block_outputs(model, idx)
-    for block in model.transformer.h:
-        block.attn.logit_mult = 1.0
+    multiplied = outputs_with_logits_times(model, idx, c)
     params = dict(model.named_parameters())
     for layer in range(SIZES["n_layer"]):
         name = f"transformer.h.{layer}.attn.c_attn.weight"
@@ -92,11 +98,7 @@ def test_the_gpt_logit_multiplier_is_the_same_as_scaling_w_q():
 @pytest.mark.skipif("ngpt" not in train.MODELS, reason="needs ngpt.py")
 def test_the_ngpt_logit_multiplier_is_the_same_as_scaling_s_qk_by_sqrt_c():
     model, idx, c = fresh("ngpt"), probe(), 9.0
-    for block in model.transformer.h:
-        block.attn.logit_mult = c
-    multiplied = train.block_outputs(model, idx)
-    for block in model.transformer.h:
-        block.attn.logit_mult = 1.0
+    multiplied = outputs_with_logits_times(model, idx, c)
     params = {name: p * math.sqrt(c) if name.endswith("s_qk.weight") else p for name, p in model.named_parameters()}
     for a, b in zip(multiplied, train.block_outputs(model, idx, params)):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
