@@ -205,9 +205,9 @@ def mean_norm_curve(runs):
 
 def mean_saturation(runs):
     """Per model, from the eval records' saturation metrics: the saturation per layer at the first evaluation (the
-    fresh model, the random-init reference) and the last, mean over seeds; the attention-logit std (mean over layers)
-    per evaluation, mean over seeds; and the per-head statistics of all seeds together. None for runs logged
-    without these metrics."""
+    fresh model, the random-init reference) and the last, mean over seeds; the attention-logit std per evaluation,
+    mean over seeds, as the mean, lowest and highest layer; and the per-head statistics of all seeds together. None
+    for runs logged without these metrics."""
     if not all(r["sat_iters"] for r in runs):
         return None
     at = lambda field, i: np.mean([r[field][i] for r in runs], axis=0).round(5).tolist()
