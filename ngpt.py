@@ -72,28 +72,19 @@ RECIPE = dict(
 )
 
 
-class Norm(torch.autograd.Function):
-    """y = x / ||x|| along the last dim, with its gradient written out: dL/dx = (g - y (g . y)) / ||x|| for g = dL/dy,
-    the part of g tangent to the sphere at y, divided by ||x||. The same derivative autograd finds for x / x.norm(), in
-    5 elementwise ops instead of about 10: nGPT normalizes 7 times per block, and in eager mode these small ops add up
-    (bench.py)."""
-
-    @staticmethod
-    def forward(ctx, x):
-        length = x.norm(dim=-1, keepdim=True)
-        y = x / length
-        ctx.save_for_backward(y, length)
-        return y
-
-    @staticmethod
-    def backward(ctx, g):
-        y, length = ctx.saved_tensors
-        return (g - y * (g * y).sum(dim=-1, keepdim=True)) / length
-
-
 def norm(x):
-    """Project onto the unit sphere: x / ||x|| along the last dim, in fp32, without an epsilon (as NVIDIA's code)."""
-    return Norm.apply(x.float())
+    """Project onto the unit sphere: x / ||x|| along the last dim, in fp32, without an epsilon (as NVIDIA's code).
+
+    Computed by PyTorch's weight-norm kernel (the op behind torch.nn.utils.parametrizations.weight_norm), which
+    returns g v / ||v|| for every row v of a matrix (the norm over all dims but dim 0), forward and backward each in
+    one fused pass: with g = 1 it is exactly Norm. Written out, x / x.norm(dim=-1, keepdim=True) is about ten small
+    ops forward and backward, and nGPT normalizes 7 times per block: in eager mode, nGPT's step at the CPU preset is
+    6% faster with this kernel than with a hand-written autograd.Function. Value and gradient are the plain
+    formula's (tests/test_ngpt.py).
+    """
+    x = x.float()
+    rows = x.reshape(-1, x.size(-1))
+    return torch._weight_norm(rows, rows.new_ones(rows.size(0), 1), 0).view(x.shape)
 
 
 class Scale(nn.Module):
@@ -321,11 +312,13 @@ class Model(nn.Module):
         normalize_matrices() in its train.py. The n_embd axis is dim 1 of the (out, n_embd) matrices (wte,
         lm_head, c_attn, c_fc) and dim 0 of the (n_embd, in) output projections (the two c_proj).
         One norm per matrix and one batched division over all of them, in fp32; the scale vectors stay as they are.
+        The column norms of c_proj are taken as the root of a sum of squares: Tensor.norm along dim 0 takes a strided
+        path on CPU that made it 4x slower (after_step was 2.7 ms of nGPT's 120 ms step at the CPU preset, now 1.9).
         """
         matrices = [(name, p) for name, p in self.named_parameters() if p.dim() == 2]
         weights = [p.float() for _, p in matrices]  # the parameters themselves when they are fp32
-        norms = [w.norm(dim=0 if name.endswith("c_proj.weight") else 1, keepdim=True)
-                 for (name, _), w in zip(matrices, weights)]
+        norms = [w.square().sum(dim=0, keepdim=True).sqrt_() if name.endswith("c_proj.weight")
+                 else w.norm(dim=1, keepdim=True) for (name, _), w in zip(matrices, weights)]
         torch._foreach_div_(weights, norms)
         for (_, p), w in zip(matrices, weights):
             if w is not p:  # parameters stored in a lower precision: copy the fp32 result back
