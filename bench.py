@@ -2,13 +2,17 @@
 Time one training step of every model side by side: forward, backward, gradient clipping, the optimizer step
 and after_step() (nGPT's and anGPT's weight normalization), on the same synthetic batch.
 
-The models take turns (gpt, gpt_qk, ngpt, angpt, gpt, gpt_qk, ...) after a warm-up, so whatever else the
-machine is doing slows them all alike; the table gives the median over rounds. Ratios measured this way are
-comparable; absolute times across runs of a busy machine are not.
+The models take turns after a warm-up, one turn each per round, the order rotated by one every round so that
+each model runs equally often first, second, and so on (A B C D, B C D A, ...). A model's ratio to GPT is the
+median over rounds of its time over GPT's in the same round, which cancels the machine's slow drifts; the table
+also gives the middle half of those per-round ratios (25th to 75th percentile) as a measure of the noise.
+--control adds a second GPT, built afresh: its ratio to GPT is what 1.00x looks like on this machine today.
+Absolute times across runs of a busy machine are not comparable.
 
 $ python bench.py                                    # the CPU preset's size (4 layers, width 128, context 64)
 $ python bench.py --n_layer 6 --n_embd 384 --n_head 6 --block_size 256 --batch_size 8
 $ python bench.py --compile                          # also time torch.compile'd models, and check graph breaks
+$ python bench.py --compile --control --rounds 60     # with a second GPT as the noise floor
 $ python bench.py --device cuda --dtype bfloat16 --n_layer 12 --n_embd 768 --n_head 12 --block_size 1024 --batch_size 16
 $ python bench.py --json bench.json                  # {model: {ms_per_step, ratio_to_gpt, tokens_per_s, mfu}}
 
@@ -62,6 +66,7 @@ def main(argv=None):
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default=None, help="float32 or bfloat16 (default: bfloat16 on CUDA, float32 on CPU)")
     p.add_argument("--compile", action="store_true", help="also time the torch.compile'd models")
+    p.add_argument("--control", action="store_true", help="also time a second GPT (gpt_control), the noise floor")
     p.add_argument("--rounds", type=int, default=20, help="timed rounds; each model takes --steps steps per round")
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=5, help="untimed steps per model first")
@@ -87,8 +92,8 @@ def main(argv=None):
     size = dict(n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd, block_size=args.block_size,
                 vocab_size=args.vocab_size)
     contenders = {}  # name in the table -> (step function, forward to use, model)
-    for key in keys:
-        file, options = VARIANTS[key]
+    for key in keys + (["gpt_control"] if args.control else []):
+        file, options = VARIANTS["gpt" if key == "gpt_control" else key]
         module = train.load_model_module(file)
         model = module.Model(module.Config(**size, **options)).to(args.device)
         model.after_step()
@@ -106,8 +111,11 @@ def main(argv=None):
             step(forward)
         sync()
     times = {name: [] for name in contenders}
-    for _ in range(args.rounds):
-        for name, (step, forward, _) in contenders.items():
+    names = list(contenders)
+    for round_index in range(args.rounds):
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            step, forward, _ = contenders[name]
             sync()
             start = time.perf_counter()
             for _ in range(args.steps):
@@ -122,19 +130,21 @@ def main(argv=None):
         ms = statistics.median(times[name])
         results[name] = dict(ms_per_step=ms, tokens_per_s=tokens / (ms / 1000),
                              mfu=train.flops_per_token(model, args.block_size) * tokens / (ms / 1000) / peak)
-    reference = results.get("gpt")
     for name, r in results.items():
-        base = results.get("gpt+compile") if name.endswith("+compile") else reference
-        r["ratio_to_gpt"] = r["ms_per_step"] / base["ms_per_step"] if base else None
+        base = "gpt+compile" if name.endswith("+compile") else "gpt"
+        ratios = [t / t_gpt for t, t_gpt in zip(times[name], times.get(base, []))]  # round by round
+        r["ratio_to_gpt"] = statistics.median(ratios) if ratios else None
+        r["ratio_quartiles"] = statistics.quantiles(ratios, n=4)[::2] if len(ratios) > 1 else None
 
     print(f"\n{args.device} {dtype}, {args.n_layer} layers, width {args.n_embd}, {args.n_head} heads, context "
           f"{args.block_size}, batch {args.batch_size}; median of {args.rounds} interleaved rounds of {args.steps} "
           f"steps; peak {peak / 1e12:.3g} TFLOP/s\n")
-    print("| model | ms/step | vs GPT | tokens/s | MFU |")
-    print("|---|---|---|---|---|")
+    print("| model | ms/step | vs GPT | middle half of rounds | tokens/s | MFU |")
+    print("|---|---|---|---|---|---|")
     for name, r in results.items():
         ratio = f"{r['ratio_to_gpt']:.3f}x" if r["ratio_to_gpt"] else "-"
-        print(f"| {name} | {r['ms_per_step']:.2f} | {ratio} | {r['tokens_per_s']:,.0f} | {r['mfu']:.1%} |")
+        spread = "{:.3f}-{:.3f}".format(*r["ratio_quartiles"]) if r["ratio_quartiles"] else "-"
+        print(f"| {name} | {r['ms_per_step']:.2f} | {ratio} | {spread} | {r['tokens_per_s']:,.0f} | {r['mfu']:.1%} |")
     if args.compile:
         for key in keys:
             gain = results[key]["ms_per_step"] / results[key + "+compile"]["ms_per_step"]
