@@ -134,7 +134,9 @@ def main(argv=None):
         base = "gpt+compile" if name.endswith("+compile") else "gpt"
         ratios = [t / t_gpt for t, t_gpt in zip(times[name], times.get(base, []))]  # round by round
         r["ratio_to_gpt"] = statistics.median(ratios) if ratios else None
-        r["ratio_quartiles"] = statistics.quantiles(ratios, n=4)[::2] if len(ratios) > 1 else None
+        # the 25th and 75th percentiles, within the data ("inclusive": no extrapolation from a few rounds)
+        quartiles = statistics.quantiles(ratios, n=4, method="inclusive") if len(ratios) > 1 else None
+        r["ratio_quartiles"] = [quartiles[0], quartiles[2]] if quartiles else None
 
     print(f"\n{args.device} {dtype}, {args.n_layer} layers, width {args.n_embd}, {args.n_head} heads, context "
           f"{args.block_size}, batch {args.batch_size}; median of {args.rounds} interleaved rounds of {args.steps} "
