@@ -8,7 +8,9 @@ a decoder-only transformer with
   - rotary position embeddings inside attention (no learned position table),
   - a SwiGLU MLP with 4*n_embd units in each of its two branches (as in NVIDIA's code, not the 8/3 variant),
   - no biases, and a token embedding that is not tied to the output head,
-  - optionally RMSNorm on q and k per head (qk_norm=True): the "GPT+QK-norm" baseline of the anGPT paper.
+  - optionally QK-norm (qk_norm="true"): the anGPT paper's GPT+ (its Table 1), q and k normalized per head and the
+    attention logits q k^T g with a learned gain g (Henry et al. 2020's QKNorm, the paper's ref. [18]);
+    qk_norm="rms" is the other common form, RMSNorm on q and k with per-channel gains and the usual 1/sqrt(d_head).
 
 It follows karpathy/nanoGPT's model.py in layout, and ngpt.py and angpt.py follow this file, so that
 `diff gpt.py ngpt.py` shows what nGPT changes. Every model file has the same small interface that
@@ -40,6 +42,7 @@ RECIPE = dict(
     weight_decay=0.1,
     beta1=0.9,
     beta2=0.95,
+    eps=1e-8,            # AdamW's default, as NVIDIA's code
     grad_clip=1.0,
 )
 
@@ -56,6 +59,34 @@ class RMSNorm(nn.Module):
         return F.rms_norm(x.float(), (x.size(-1),), self.weight, self.eps).type_as(x)
 
 
+def norm(x):
+    """x / ||x|| along the last dim, in fp32 and without an epsilon, by PyTorch's fused weight-norm kernel (the op
+    behind torch.nn.utils.parametrizations.weight_norm: g v / ||v|| for every row v, here with g = 1). One pass
+    forward and one backward, where the written-out formula is about ten small ops."""
+    x = x.float()
+    rows = x.reshape(-1, x.size(-1))
+    return torch._weight_norm(rows, rows.new_ones(rows.size(0), 1), 0).view(x.shape)
+
+
+class QKGain(nn.Module):
+    """The learned gain g of QK-norm (Henry et al. 2020): the attention logits are g q.k for unit q and k.
+
+    One scalar per layer or one per head (g_shape), starting at sqrt(d_head), the gain that the usual 1/sqrt(d_head)
+    softmax scale gives RMS-normalized q and k, or at Henry et al.'s log2(T^2 - T) for training length T (g_init).
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        assert config.g_shape in ("layer", "head"), f"unknown g_shape {config.g_shape!r}"
+        assert config.g_init in ("sqrt_d_head", "henry"), f"unknown g_init {config.g_init!r}"
+        T = config.block_size
+        init = math.sqrt(config.n_embd // config.n_head) if config.g_init == "sqrt_d_head" else math.log2(T * T - T)
+        self.weight = nn.Parameter(torch.full((config.n_head if config.g_shape == "head" else 1,), init))
+
+    def forward(self):
+        return self.weight.view(-1, 1, 1)  # (nh or 1, 1, 1): broadcast over (B, nh, T, hs)
+
+
 def rope_tables(rope, seq_len, head_dim, device):
     """The two (seq_len, head_dim/2) tables that apply_rope needs, in fp32."""
     pos = torch.arange(seq_len, device=device, dtype=torch.float32)
@@ -64,7 +95,7 @@ def rope_tables(rope, seq_len, head_dim, device):
     if rope == "standard":
         return angle.cos(), angle.sin()
     # NVIDIA's table interleaves sin and cos, E[p, 2j] = sin(p w_j), E[p, 2j+1] = cos(p w_j), then splits
-    # it in halves along the last dim; both halves still mix frequencies (spec ngpt.md section 1.4).
+    # it in halves along the last dim; both halves still mix frequencies.
     table = torch.stack((angle.sin(), angle.cos()), dim=-1).flatten(-2)  # (T, hs)
     return table[:, : head_dim // 2], table[:, head_dim // 2 :]
 
@@ -93,10 +124,13 @@ class CausalSelfAttention(nn.Module):
         # query, key and value projections for all heads in one matrix
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=False)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
-        if config.qk_norm:
+        assert config.qk_norm in ("false", "true", "rms"), f"unknown qk_norm {config.qk_norm!r}"
+        self.qk_norm = config.qk_norm
+        if config.qk_norm == "true":
+            self.g = QKGain(config)
+        if config.qk_norm == "rms":
             self.q_norm = RMSNorm(self.head_dim)
             self.k_norm = RMSNorm(self.head_dim)
-        self.qk_norm = config.qk_norm
         # for train.py's attention metrics only, inert in training: a multiplier on the attention logits (the
         # temperature-saturation probe of Merrill et al. 2021) and, when set to a list, a record of the logits
         self.logit_mult = 1.0
@@ -108,12 +142,17 @@ class CausalSelfAttention(nn.Module):
         q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
-        if self.qk_norm:
-            # GPT+QK-norm: bounds the attention logits; with the usual 1/sqrt(hs) scale they become
-            # sqrt(hs) * cos(q, k) times the learned gains
+        if self.qk_norm == "rms":
+            # RMSNorm per head with per-channel gains: with the usual 1/sqrt(hs) scale the logits become
+            # sqrt(hs) * cos(q, k) times the gains
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(self.rope, q, tables), apply_rope(self.rope, k, tables)
-        scale = self.logit_mult / math.sqrt(self.head_dim)  # the usual softmax scale 1/sqrt(hs)
+        scale = 1 / math.sqrt(self.head_dim)  # the usual softmax scale 1/sqrt(hs)
+        if self.qk_norm == "true":
+            # GPT+ (anGPT paper, Table 1): k <- norm(k), q <- norm(q), A <- softmax(q k^T g); g is applied to q
+            q, k = (self.g() * norm(q)).type_as(v), norm(k).type_as(v)
+            scale = 1.0
+        scale = scale * self.logit_mult
         if self.record_logits is not None:
             self.record_logits.append(scale * (q.float() @ k.float().transpose(-2, -1)))  # (B, nh, T, T), unmasked
         # flash attention on GPU
@@ -158,7 +197,9 @@ class Config:
     n_head: int = 12
     n_embd: int = 768
     rope: str = "standard"     # positional encoding: "standard" RoPE, or NVIDIA's "reference" transform
-    qk_norm: bool = False      # RMSNorm on q and k per head: the anGPT paper's GPT+QK-norm baseline
+    qk_norm: str = "false"     # "true": the anGPT paper's GPT+, L2 norm of q and k and a learned gain g; "rms": RMSNorm
+    g_shape: str = "layer"     # qk_norm "true": one gain g per "layer" or one per "head"
+    g_init: str = "sqrt_d_head"  # qk_norm "true": g starts at "sqrt_d_head", or at log2(T^2 - T) ("henry")
 
 
 class Model(nn.Module):

@@ -68,20 +68,15 @@ RECIPE = dict(
     weight_decay=0.0,    # the sphere bounds the weights; decay would only fight the normalization
     beta1=0.9,
     beta2=0.95,
+    eps=1e-8,            # AdamW's default, as NVIDIA's code
     grad_clip=1.0,
 )
 
 
 def norm(x):
-    """Project onto the unit sphere: x / ||x|| along the last dim, in fp32, without an epsilon (as NVIDIA's code).
-
-    Computed by PyTorch's weight-norm kernel (the op behind torch.nn.utils.parametrizations.weight_norm), which
-    returns g v / ||v|| for every row v of a matrix (the norm over all dims but dim 0), forward and backward each in
-    one fused pass: with g = 1 it is exactly Norm. Written out, x / x.norm(dim=-1, keepdim=True) is about ten small
-    ops forward and backward, and nGPT normalizes 7 times per block: in eager mode, nGPT's step at the CPU preset is
-    6% faster with this kernel than with a hand-written autograd.Function. Value and gradient are the plain
-    formula's (tests/test_ngpt.py).
-    """
+    """x / ||x|| along the last dim, in fp32 and without an epsilon, by PyTorch's fused weight-norm kernel (the op
+    behind torch.nn.utils.parametrizations.weight_norm: g v / ||v|| for every row v, here with g = 1). One pass
+    forward and one backward, where the written-out formula is about ten small ops."""
     x = x.float()
     rows = x.reshape(-1, x.size(-1))
     return torch._weight_norm(rows, rows.new_ones(rows.size(0), 1), 0).view(x.shape)
@@ -111,7 +106,7 @@ def rope_tables(rope, seq_len, head_dim, device):
     if rope == "standard":
         return angle.cos(), angle.sin()
     # NVIDIA's table interleaves sin and cos, E[p, 2j] = sin(p w_j), E[p, 2j+1] = cos(p w_j), then splits
-    # it in halves along the last dim; both halves still mix frequencies (spec ngpt.md section 1.4).
+    # it in halves along the last dim; both halves still mix frequencies.
     table = torch.stack((angle.sin(), angle.cos()), dim=-1).flatten(-2)  # (T, hs)
     return table[:, : head_dim // 2], table[:, head_dim // 2 :]
 
