@@ -5,7 +5,8 @@ and after_step() (nGPT's and anGPT's weight normalization), on the same syntheti
 The models take turns after a warm-up, one turn each per round, the order rotated by one every round so that
 each model runs equally often first, second, and so on (A B C D, B C D A, ...). A model's ratio to GPT is the
 median over rounds of its time over GPT's in the same round, which cancels the machine's slow drifts; the table
-also gives the middle half of those per-round ratios (25th to 75th percentile) as a measure of the noise.
+also gives the middle half of those per-round ratios (25th to 75th percentile) as a measure of the noise, and the
+same against GPT+QK-norm (gpt_qk), the anGPT paper's baseline.
 --control adds a second GPT, built afresh: its ratio to GPT is what 1.00x looks like on this machine today.
 Absolute times across runs of a busy machine are not comparable.
 
@@ -14,7 +15,7 @@ $ python bench.py --n_layer 6 --n_embd 384 --n_head 6 --block_size 256 --batch_s
 $ python bench.py --compile                          # also time torch.compile'd models, and check graph breaks
 $ python bench.py --compile --control --rounds 60     # with a second GPT as the noise floor
 $ python bench.py --device cuda --dtype bfloat16 --n_layer 12 --n_embd 768 --n_head 12 --block_size 1024 --batch_size 16
-$ python bench.py --json bench.json                  # {model: {ms_per_step, ratio_to_gpt, tokens_per_s, mfu}}
+$ python bench.py --json bench.json                  # {model: {ms_per_step, ratios, tokens_per_s, mfu}}
 
 MFU (model FLOPs utilization) is the model's training FLOPs per token (train.flops_per_token) times tokens per
 second, over the device's peak: --peak_flops if given, the data-sheet figure for known GPUs, else measured with
@@ -32,14 +33,17 @@ import torch
 
 import train
 
-VARIANTS = {"gpt": ("gpt", {}), "gpt_qk": ("gpt", {"qk_norm": True}), "ngpt": ("ngpt", {}), "angpt": ("angpt", {})}
+VARIANTS = {"gpt": ("gpt", {}), "gpt_qk": ("gpt", {"qk_norm": "true"}), "gpt_qk_rms": ("gpt", {"qk_norm": "rms"}),
+            "ngpt": ("ngpt", {}), "angpt": ("angpt", {})}
+BASELINES = ("gpt", "gpt_qk")  # each model's step time is given as a ratio to these, where they are timed
 
 
 def make_step(model, module, x, y, autocast):
     """One training step of `model`, exactly as train.py takes it (without data loading and logging)."""
     recipe = module.RECIPE
     optimizer = torch.optim.AdamW(model.optimizer_groups(recipe["weight_decay"]), lr=recipe["learning_rate"],
-                                  betas=(recipe["beta1"], recipe["beta2"]), fused=x.device.type == "cuda")
+                                  betas=(recipe["beta1"], recipe["beta2"]), eps=recipe["eps"],
+                                  fused=x.device.type == "cuda")
 
     def step(forward):
         with autocast:
@@ -130,23 +134,25 @@ def main(argv=None):
         ms = statistics.median(times[name])
         results[name] = dict(ms_per_step=ms, tokens_per_s=tokens / (ms / 1000),
                              mfu=train.flops_per_token(model, args.block_size) * tokens / (ms / 1000) / peak)
+    baselines = [b for b in BASELINES if b in keys]
     for name, r in results.items():
-        base = "gpt+compile" if name.endswith("+compile") else "gpt"
-        ratios = [t / t_gpt for t, t_gpt in zip(times[name], times.get(base, []))]  # round by round
-        r["ratio_to_gpt"] = statistics.median(ratios) if ratios else None
-        # the 25th and 75th percentiles, within the data ("inclusive": no extrapolation from a few rounds)
-        quartiles = statistics.quantiles(ratios, n=4, method="inclusive") if len(ratios) > 1 else None
-        r["ratio_quartiles"] = [quartiles[0], quartiles[2]] if quartiles else None
+        r["ratios"] = {}
+        for base in baselines:
+            base_name = base + "+compile" if name.endswith("+compile") else base
+            ratios = [t / t_base for t, t_base in zip(times[name], times[base_name])]  # round by round
+            # the 25th and 75th percentiles, within the data ("inclusive": no extrapolation from a few rounds)
+            quartiles = statistics.quantiles(ratios, n=4, method="inclusive") if len(ratios) > 1 else [ratios[0]] * 3
+            r["ratios"][base] = dict(median=statistics.median(ratios), quartiles=[quartiles[0], quartiles[2]])
 
     print(f"\n{args.device} {dtype}, {args.n_layer} layers, width {args.n_embd}, {args.n_head} heads, context "
           f"{args.block_size}, batch {args.batch_size}; median of {args.rounds} interleaved rounds of {args.steps} "
           f"steps; peak {peak / 1e12:.3g} TFLOP/s\n")
-    print("| model | ms/step | vs GPT | middle half of rounds | tokens/s | MFU |")
-    print("|---|---|---|---|---|---|")
+    print("| model | ms/step | " + " | ".join(f"vs {b} (middle half of rounds)" for b in baselines) + " | tokens/s | MFU |")
+    print("|---|---|" + "---|" * len(baselines) + "---|---|")
     for name, r in results.items():
-        ratio = f"{r['ratio_to_gpt']:.3f}x" if r["ratio_to_gpt"] else "-"
-        spread = "{:.3f}-{:.3f}".format(*r["ratio_quartiles"]) if r["ratio_quartiles"] else "-"
-        print(f"| {name} | {r['ms_per_step']:.2f} | {ratio} | {spread} | {r['tokens_per_s']:,.0f} | {r['mfu']:.1%} |")
+        ratios = " | ".join("{median:.3f}x ({quartiles[0]:.3f}-{quartiles[1]:.3f})".format(**r["ratios"][b])
+                            for b in baselines)
+        print(f"| {name} | {r['ms_per_step']:.2f} | {ratios} | {r['tokens_per_s']:,.0f} | {r['mfu']:.1%} |")
     if args.compile:
         for key in keys:
             gain = results[key]["ms_per_step"] / results[key + "+compile"]["ms_per_step"]

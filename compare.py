@@ -3,8 +3,9 @@ How much faster do nGPT and anGPT converge than GPT, and at what cost per step? 
 on the same data, token budget and evaluation schedule, each with its own paper recipe and learning rate, then
 plots the validation loss and writes a table of steps-to-target, speedups and step times.
 
-All models that exist (GPT, GPT+QK-norm, nGPT, anGPT), 3 seeds each, on train.py's default preset (cpu without
-a GPU: 2000 steps, about 30 minutes on two cores; 20 evaluations per run unless --eval_interval is given):
+All models that exist (GPT, GPT+QK-norm, GPT+QK-RMSNorm, nGPT, anGPT), 3 seeds each, on train.py's default preset
+(cpu without a GPU: 2000 steps, about 40 minutes on two cores; 20 evaluations per run unless --eval_interval is
+given):
 $ python compare.py
 
 Fewer seeds, fewer steps, some models; any other option goes to train.py unchanged:
@@ -16,8 +17,9 @@ $ python compare.py --lr-sweep --lr-sweep-iters 500
 Plot and tabulate runs made elsewhere, e.g. a multi-hour GPU run (folders of train.py runs, or folders of them):
 $ python compare.py --runs out/gpu/gpt out/gpu/ngpt --out_dir compare_gpu --log-x
 
-Baselines follow the papers: nGPT against GPT (nGPT paper), anGPT against GPT+QK-norm (anGPT paper), GPT+QK-norm
-against GPT. The target of a model is its baseline's final validation loss (mean over seeds); its steps to target
+Baselines follow the papers: nGPT against GPT (nGPT paper), anGPT against GPT+QK-norm (anGPT paper: L2-normalized
+q and k and a learned gain), both QK-norm forms against GPT; results.md also gives every model's speedup over each
+baseline. The target of a model is its baseline's final validation loss (mean over seeds); its steps to target
 are read off its own mean eval curve by linear interpolation, and speedup = baseline steps / model steps.
 `--baseline KEY` uses one baseline for all models, `--target-loss X` one target loss for all.
 
@@ -45,7 +47,7 @@ Other multiples, more windows per context, another device: --extrapolate 1,2,16 
 Norm growth (Merrill et al. 2021): a GPT's parameter norm grows like sqrt(t) without weight decay at a constant LR,
 which drives it toward its "saturated" version; nGPT and anGPT bound their norms by construction. --norms trains
 GPT, nGPT and anGPT with their recipes and a GPT without weight decay at a constant LR (the default models otherwise
-are GPT, GPT+QK-norm, nGPT, anGPT), and adds norms.png, saturation.png and heads.png:
+are GPT, both GPT+QK-norms, nGPT, anGPT), and adds norms.png, saturation.png and heads.png:
 $ python compare.py --norms --seeds 1 --out_dir compare_out/norms
 
 Writes into --out_dir (default compare_out/):
@@ -82,17 +84,20 @@ import train
 # The models compared: key -> (model file, extra train.py options, name in the plot and the table)
 VARIANTS = {
     "gpt": ("gpt", [], "GPT"),
-    "gpt_qk": ("gpt", ["--qk_norm", "true"], "GPT+QK-norm"),
+    "gpt_qk": ("gpt", ["--qk_norm", "true"], "GPT+QK-norm"),  # the anGPT paper's GPT+: L2 norms and a gain g
+    "gpt_qk_rms": ("gpt", ["--qk_norm", "rms"], "GPT+QK-RMSNorm"),  # RMSNorm on q and k, per-channel gains
     "ngpt": ("ngpt", [], "nGPT"),
     "angpt": ("angpt", [], "anGPT"),
     # Merrill et al.'s sqrt(t) norm growth needs no weight decay and a constant LR; the recipe's decay hides it
     "gpt_const": ("gpt", ["--weight_decay", "0", "--decay_lr", "false"], "GPT, no decay, const LR"),
 }
-DEFAULT_KEYS = ("gpt", "gpt_qk", "ngpt", "angpt")  # the convergence comparison
+DEFAULT_KEYS = ("gpt", "gpt_qk", "gpt_qk_rms", "ngpt", "angpt")  # the convergence comparison
 NORMS_KEYS = ("gpt", "ngpt", "angpt", "gpt_const")  # --norms: the three recipes and the undecayed GPT
-PAPER_BASELINES = {"gpt": "gpt", "gpt_qk": "gpt", "ngpt": "gpt", "angpt": "gpt_qk", "gpt_const": "gpt"}
-COLORS = {"gpt": "#333333", "gpt_qk": "#1f77b4", "ngpt": "#2ca02c", "angpt": "#d62728",  # baseline in gray
-          "gpt_const": "#9467bd"}
+PAPER_BASELINES = {"gpt": "gpt", "gpt_qk": "gpt", "gpt_qk_rms": "gpt", "ngpt": "gpt", "angpt": "gpt_qk",
+                   "gpt_const": "gpt"}
+BASELINE_KEYS = ("gpt", "gpt_qk", "gpt_qk_rms")  # every model's steps to each of these baselines' final loss
+COLORS = {"gpt": "#333333", "gpt_qk": "#1f77b4", "gpt_qk_rms": "#17becf", "ngpt": "#2ca02c", "angpt": "#d62728",
+          "gpt_const": "#9467bd"}  # baseline in gray
 LR_MULTIPLIERS = (0.25, 0.5, 1, 2, 4)  # --lr-sweep: the grid around each model's recipe LR
 EVALS_PER_RUN = 20  # unless --eval_interval is given: steps-to-target interpolates between close points
 # --sweep: options plotted on a log axis, and options swept at a fixed token budget (max_iters x value fixed)
@@ -224,6 +229,16 @@ def mean_saturation(runs):
                 heads_first=heads("heads_first"), heads_final=heads("heads_final"))
 
 
+def mean_hidden_norm(runs):
+    """The mean ||h|| after each block at the first evaluation (the fresh model) and the last, mean over seeds, with
+    the lowest and highest seed at the last; None for runs logged without it."""
+    if not all(r["hidden_norm"] for r in runs):
+        return None
+    final = np.array([r["hidden_norm"][-1] for r in runs])  # (seeds, layers)
+    return dict(first=np.mean([r["hidden_norm"][0] for r in runs], axis=0).round(4).tolist(),
+                final=final.mean(0).round(4).tolist(), final_lo=final.min(0).tolist(), final_hi=final.max(0).tolist())
+
+
 def head_classes(heads, argmax_count=1.5, mean_fraction=0.5):
     """(argmax-like, mean-like, in between) head counts, as spec norm_growth.md 3.3 classifies them: argmax-like if
     at temperature 1/10 it keeps at most 1.5 positions on average, mean-like if it spreads over at least half of the
@@ -258,6 +273,7 @@ def read_run(folder):
                 saturation_kind=saturated[-1]["saturation_kind"] if saturated else None,
                 heads_first=saturated[0]["heads"] if saturated else None,
                 heads_final=saturated[-1]["heads"] if saturated else None,
+                hidden_norm=[r["hidden_norm"] for r in evals if "hidden_norm" in r],  # runs logged before: none
                 ms_per_step=float(np.median([r["ms_per_step"] for r in steps])) if steps else None,
                 tokens_per_s=float(np.median([r["tokens_per_s"] for r in steps])) if steps else None,
                 config=config)
@@ -523,7 +539,7 @@ def evaluate_checkpoint(path, factors, count, device, data_dir=None, keys=None):
     missing = [k for k in ("model_name", "model_config", "model", "settings") if k not in ckpt]
     if missing:
         raise train.ConfigError(f"{path} is not a train.py checkpoint (no {', '.join(missing)})")
-    key = ckpt["model_name"] + ("_qk" if ckpt["model_config"].get("qk_norm") else "")
+    key = variant_of(ckpt["settings"])
     if keys and key not in keys:
         return None
     if ckpt["model_name"] not in train.MODELS:
@@ -593,7 +609,7 @@ def summarize(runs, baseline_arg, target_loss):
         models[key] = dict(label=label(key), seeds=[r["seed"] for r in by_key[key]],
                            learning_rate=sorted({r["learning_rate"] for r in by_key[key]}),
                            curve=mean_curve(by_key[key]), norms=mean_norm_curve(by_key[key]),
-                           saturation=mean_saturation(by_key[key]),
+                           saturation=mean_saturation(by_key[key]), hidden_norm=mean_hidden_norm(by_key[key]),
                            final_val_loss_mean=float(np.mean(finals)),
                            final_val_loss_std=float(np.std(finals, ddof=1)) if len(finals) > 1 else None,
                            ms_per_step=float(np.mean(ms)) if ms else None,
@@ -614,6 +630,14 @@ def summarize(runs, baseline_arg, target_loss):
         m.update(baseline=base, target_loss=target, baseline_steps=base_steps, steps_to_target=steps,
                  speedup=speedup(base_steps, steps),
                  ms_per_step_ratio_to_gpt=m["ms_per_step"] / ms_gpt if m["ms_per_step"] and ms_gpt else None)
+    for key, m in models.items():
+        # against every baseline, not only the paper's: a speedup over the weaker baseline alone would flatter
+        m["vs_baselines"] = {}
+        for base in (b for b in BASELINE_KEYS if b in models and b != key):
+            b = models[base]["curve"]
+            target, base_steps = b["val_loss"][-1], float(b["iters"][-1])
+            steps = steps_to_reach(m["curve"]["iters"], m["curve"]["val_loss"], target)
+            m["vs_baselines"][base] = dict(target_loss=target, steps_to_target=steps, speedup=speedup(base_steps, steps))
     return models
 
 
@@ -790,7 +814,8 @@ def plot_heads(models, path, title):
 
 SHOWN_SETTINGS = ("preset", "dataset", "n_layer", "n_head", "n_embd", "block_size", "batch_size",
                   "gradient_accumulation_steps", "tokens_per_iter", "max_iters", "eval_interval", "eval_iters",
-                  "warmup_iters", "weight_decay", "grad_clip", "num_params", "device", "dtype", "world_size")
+                  "warmup_iters", "weight_decay", "beta2", "eps", "grad_clip", "num_params", "device", "dtype",
+                  "world_size")
 
 
 def settings_of(runs, models):
@@ -826,6 +851,18 @@ def markdown(models, settings, lr_sweep_losses, command):
               "is given), by linear interpolation between evaluations; a baseline reaches its own final loss at its "
               "last step. Speedup: baseline steps / model steps. ms/step: median over the run's step records (the "
               "first left out: warm-up), mean over seeds; runs interleaved in one process.", ""]
+    baselines = [b for b in BASELINE_KEYS if b in models]
+    if len(baselines) > 1:
+        lines += ["## Against each baseline", "", "| model | " + " | ".join(
+            f"{models[b]['label']} ({models[b]['curve']['val_loss'][-1]:.4f})" for b in baselines) + " |",
+            "|---|" + "---|" * len(baselines)]
+        for key, m in models.items():
+            cells = [m["vs_baselines"].get(b) for b in baselines]
+            lines.append(f"| {m['label']} | " + " | ".join(
+                "-" if c is None else "not reached" if c["steps_to_target"] is None else
+                f"{c['steps_to_target']:.0f} steps, {c['speedup']:.2f}x" for c in cells) + " |")
+        lines += ["", "Steps to each baseline's final mean val loss, and the speedup over it (the baseline's steps "
+                  "over the model's).", ""]
     if lr_sweep_losses:
         lines += ["## Learning-rate sweep (seed 0, final val loss)", "", "| model | " + " | ".join(
             f"x{mult:g}" for mult in LR_MULTIPLIERS) + " | best LR |", "|---|" + "---|" * (len(LR_MULTIPLIERS) + 1)]
@@ -867,6 +904,14 @@ def markdown(models, settings, lr_sweep_losses, command):
                   "model. n_eff = exp(entropy) of a head's attention weights, over queries 16 and later; a head "
                   "is argmax-like if it keeps at most 1.5 positions with weight > 1e-5 at logits x 10, mean-like "
                   "if n_eff is at least half the positions it sees. Heads of all seeds together.", ""]
+    if all(m["hidden_norm"] for m in models.values()):
+        lines += ["## Hidden-state norm", "", "| model | mean norm of h after each block: init -> final |", "|---|---|"]
+        for m in models.values():
+            n = m["hidden_norm"]
+            lines.append(f"| {m['label']} | {' '.join(f'{v:.2f}' for v in n['first'])} -> "
+                         f"{' '.join(f'{v:.2f}' for v in n['final'])} |")
+        lines += ["", "The residual stream after each block, mean over the tokens of the fixed validation batch of the "
+                  "saturation metrics, mean over seeds. Init: the first evaluation, of the fresh model.", ""]
     lines += ["## Settings", ""]
     for name, value in settings.items():
         if isinstance(value, dict):

@@ -16,15 +16,16 @@ $ python train.py --model ngpt --max_iters 500 --learning_rate 4e-3 --out_dir ou
 
 Settings are resolved in this order, later ones winning: the preset (sizes, data, schedule length; picked by
 the device unless --preset says otherwise), the model file's RECIPE (learning rate, warmup, weight decay,
-betas, gradient clipping: each paper's own recipe), the model's Config defaults (model options such as
+betas, eps, gradient clipping: each paper's own recipe), the model's Config defaults (model options such as
 --rope), then the command line. `python train.py --help` lists every option with its defaults.
 
 Each run writes into --out_dir (default out/<model>):
   log.jsonl    one JSON object per line: a step record every --log_interval steps
                {iter, tokens, loss, lr, ms_per_step, tokens_per_s, time_s, mfu, and the parameter-norm metrics
                param_norm, param_norm_layers, rel_step, dir_cos} and an eval record every --eval_interval steps
-               {iter, tokens, train_loss, val_loss, lr, time_s, wall_s, scales, and the saturation metrics
-               saturation, saturation_kind, saturation_attn, attn_logit_std, heads} (README, "Parameter norms and saturation")
+               {iter, tokens, train_loss, val_loss, lr, time_s, wall_s, scales, hidden_norm (the mean ||h|| after
+               each block), and the saturation metrics saturation, saturation_kind, saturation_attn, attn_logit_std,
+               heads} (README, "Parameter norms and saturation")
   config.json  the resolved settings
   ckpt.pt      the latest checkpoint (model, optimizer, settings, iteration, RNG state, best val loss);
                `--resume` continues from it
@@ -59,7 +60,7 @@ HERE = Path(__file__).resolve().parent
 MODEL_FILES = ("gpt", "ngpt", "angpt")
 MODELS = tuple(name for name in MODEL_FILES if (HERE / f"{name}.py").exists())
 SIZE_FIELDS = ("block_size", "vocab_size", "n_layer", "n_head", "n_embd")  # set by presets and data
-RECIPE_KEYS = ("learning_rate", "warmup_iters", "weight_decay", "beta1", "beta2", "grad_clip")
+RECIPE_KEYS = ("learning_rate", "warmup_iters", "weight_decay", "beta1", "beta2", "eps", "grad_clip")
 
 
 def load_model_module(name):
@@ -84,7 +85,7 @@ DEFAULTS = dict(
     n_layer=4, n_head=4, n_embd=128, block_size=64,
     # optimizer and LR schedule: defaults come from the model file's RECIPE
     learning_rate=None, min_lr=None, warmup_iters=None, weight_decay=None,
-    beta1=None, beta2=None, grad_clip=None,
+    beta1=None, beta2=None, eps=None, grad_clip=None,
     decay_lr=True,              # cosine decay to min_lr after warmup; false: constant learning_rate (nanoGPT's)
     max_iters=2000,             # optimizer steps; the cosine schedule decays over all of them
     max_iters_per_launch=0,     # stop (checkpoint, exit) after this many steps; 0: no limit. For job slots
@@ -514,12 +515,13 @@ def eval_metrics(model, idx, model_name):
             kind = "params" if model_name == "gpt" else "attention"
             main = saturation(model, idx, kind)
             heads = attention_stats(model, idx)
+            hidden_norm = [round(h.norm(dim=-1).mean().item(), 4) for h in block_outputs(model, idx)]
             return dict(saturation=main,
                         saturation_kind=f"all parameters x {SATURATION_C:g}" if kind == "params"
                         else f"attention logits x {ATTENTION_C:g}",
                         saturation_attn=saturation(model, idx, "attention") if kind == "params" else main,
                         attn_logit_std=[round(sum(layer) / len(layer), 4) for layer in heads["logit_std"]],
-                        heads=heads)
+                        heads=heads, hidden_norm=hidden_norm)
     finally:
         model.train(was_training)
 
@@ -635,7 +637,7 @@ def main(argv=None):
                           f"trained with {checkpoint['model_config']['vocab_size']}")
     model = module.Model(module.Config(**model_args)).to(device)
     optimizer = torch.optim.AdamW(model.optimizer_groups(s["weight_decay"]), lr=s["learning_rate"], betas=(s["beta1"], s["beta2"]),
-                                  fused=device_type == "cuda")
+                                  eps=s["eps"], fused=device_type == "cuda")
     iter_num, best_val_loss, time_s = 0, float("inf"), 0.0
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])

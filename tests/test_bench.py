@@ -27,12 +27,15 @@ def test_bench_times_every_model_and_writes_json(tmp_path):
     saved = json.loads(out.read_text())
     expected = [k for k, (f, _) in bench.VARIANTS.items() if f in train.MODELS] + ["gpt_control"]
     assert list(saved) == expected and saved == json.loads(json.dumps(results))
-    assert saved["gpt"]["ratio_to_gpt"] == 1.0 and saved["gpt"]["ratio_quartiles"] == [1.0, 1.0]
+    assert saved["gpt"]["ratios"]["gpt"] == dict(median=1.0, quartiles=[1.0, 1.0])
+    assert saved["gpt_qk"]["ratios"]["gpt_qk"] == dict(median=1.0, quartiles=[1.0, 1.0])
     for r in saved.values():
         assert r["ms_per_step"] > 0 and r["tokens_per_s"] == pytest.approx(32 / (r["ms_per_step"] / 1000))
         assert 0 < r["mfu"] < 1
-        low, high = r["ratio_quartiles"]
-        assert low <= r["ratio_to_gpt"] <= high
+        assert set(r["ratios"]) == {"gpt", "gpt_qk"}
+        for ratio in r["ratios"].values():
+            low, high = ratio["quartiles"]
+            assert low <= ratio["median"] <= high
 
 
 def test_bench_rotates_the_order_and_pairs_each_round_with_gpts(monkeypatch):
@@ -56,7 +59,8 @@ def test_bench_rotates_the_order_and_pairs_each_round_with_gpts(monkeypatch):
     # each round starts one model later: every model runs once first, once second and once last
     assert calls == ["gpt", "ngpt", "angpt", "ngpt", "angpt", "gpt", "angpt", "gpt", "ngpt"]
     # the ratios are taken round by round: each round's is exact despite the drift, so the middle half is one value
-    assert results["ngpt"]["ratio_to_gpt"] == pytest.approx(1.1)
-    assert results["angpt"]["ratio_to_gpt"] == pytest.approx(1.2)
-    assert results["angpt"]["ratio_quartiles"] == pytest.approx([1.2, 1.2])
+    assert results["ngpt"]["ratios"]["gpt"]["median"] == pytest.approx(1.1)
+    assert results["angpt"]["ratios"]["gpt"]["median"] == pytest.approx(1.2)
+    assert results["angpt"]["ratios"]["gpt"]["quartiles"] == pytest.approx([1.2, 1.2])
+    assert set(results["angpt"]["ratios"]) == {"gpt"}  # no gpt_qk was timed
     assert results["gpt"]["ms_per_step"] == pytest.approx(2000.0)  # the median round's GPT step: 2 units, in ms

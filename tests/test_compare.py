@@ -89,6 +89,13 @@ def test_compare_writes_a_plot_a_table_and_the_numbers_behind_it(two_runs, tmp_p
     assert models["gpt_qk"]["steps_to_target"] == pytest.approx(model_steps)
     assert models["gpt_qk"]["speedup"] == pytest.approx(base_iters[-1] / model_steps)
     assert models["gpt"]["speedup"] == 1.0
+    # against every baseline too: GPT+QK-norm's against GPT is its paper baseline's; GPT's against GPT+QK-norm's loss
+    assert models["gpt_qk"]["vs_baselines"]["gpt"]["speedup"] == pytest.approx(models["gpt_qk"]["speedup"])
+    qk_iters, qk_losses = mean_curve("gpt_qk")
+    gpt_vs_qk = models["gpt"]["vs_baselines"]["gpt_qk"]
+    assert gpt_vs_qk["target_loss"] == pytest.approx(qk_losses[-1])
+    assert gpt_vs_qk["steps_to_target"] == compare.steps_to_reach(base_iters, base_losses, qk_losses[-1])
+    assert "## Against each baseline" in table
 
     # the parameter norms: a plot, a table, and an exponent recomputable from the stored per-run series
     assert (out / "norms.png").read_bytes().startswith(PNG_SIGNATURE)
@@ -107,12 +114,16 @@ def test_compare_writes_a_plot_a_table_and_the_numbers_behind_it(two_runs, tmp_p
     assert models["gpt"]["saturation"]["final"] == pytest.approx(final_evals[0]["saturation"], abs=1e-5)
     assert models["gpt"]["saturation"]["first_iter"] == 0  # the fresh model: the random-init reference
     assert len(models["gpt"]["saturation"]["heads_final"]["n_eff"]) == 1 * 2  # layers x heads, one seed
+    # the hidden-state norm after each block, from the same eval records
+    assert "## Hidden-state norm" in table
+    assert models["gpt"]["hidden_norm"]["final"] == pytest.approx(final_evals[0]["hidden_norm"], abs=1e-4)
 
 
 def test_runs_are_named_by_the_variant_their_settings_match():
     gpt = train.resolve_settings(["--model", "gpt"])[0]
     assert compare.variant_of(gpt) == "gpt"
-    assert compare.variant_of(dict(gpt, qk_norm=True)) == "gpt_qk"
+    assert compare.variant_of(dict(gpt, qk_norm="true")) == "gpt_qk"
+    assert compare.variant_of(dict(gpt, qk_norm="rms")) == "gpt_qk_rms"
     assert compare.variant_of(dict(gpt, weight_decay=0.0, decay_lr=False)) == "gpt_const"
     assert compare.variant_of(dict(gpt, weight_decay=0.0)) == "gpt"  # decaying LR: not the sqrt(t) setting
     older = {k: v for k, v in gpt.items() if k != "decay_lr"}  # a run logged before --decay_lr existed

