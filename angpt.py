@@ -93,8 +93,9 @@ class QKGain(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        assert config.g_shape in ("layer", "head"), f"unknown g_shape {config.g_shape!r}"
-        assert config.g_init in ("sqrt_d_head", "henry"), f"unknown g_init {config.g_init!r}"
+        assert config.g_shape in ("layer", "head"), f"g_shape must be layer or head, not {config.g_shape!r}"
+        assert config.g_init in ("sqrt_d_head", "henry"), (
+            f"g_init must be sqrt_d_head or henry, not {config.g_init!r}")
         T = config.block_size
         init = math.sqrt(config.n_embd // config.n_head) if config.g_init == "sqrt_d_head" else math.log2(T * T - T)
         self.weight = nn.Parameter(torch.full((config.n_head if config.g_shape == "head" else 1,), init))
@@ -234,7 +235,7 @@ class Model(nn.Module):
     def __init__(self, config):
         super().__init__()
         assert config.vocab_size is not None and config.block_size is not None
-        assert config.rope in ("standard", "reference"), f"unknown rope {config.rope!r}"
+        assert config.rope in ("standard", "reference"), f"rope must be standard or reference, not {config.rope!r}"
         self.config = config
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(config.vocab_size, config.n_embd),

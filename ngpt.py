@@ -235,7 +235,7 @@ class Model(nn.Module):
     def __init__(self, config):
         super().__init__()
         assert config.vocab_size is not None and config.block_size is not None
-        assert config.rope in ("standard", "reference"), f"unknown rope {config.rope!r}"
+        assert config.rope in ("standard", "reference"), f"rope must be standard or reference, not {config.rope!r}"
         self.config = config
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(config.vocab_size, config.n_embd),

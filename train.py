@@ -236,6 +236,13 @@ def resolve_settings(argv):
         raise ConfigError(f"the head size n_embd/n_head ({s['n_embd'] // s['n_head']}) must be even for rotary embeddings")
     if not 0 < s["learning_rate"] < float("inf"):
         raise ConfigError(f"--learning_rate must be a positive number, got {s['learning_rate']}")
+    # the model file checks its own options (rope, qk_norm, ...): built on the meta device, which allocates nothing,
+    # the model reports a bad one now, before any data is prepared or anything is written
+    try:
+        with torch.device("meta"):
+            module.Model(module.Config(**{k: s[k] for k in config_fields if k in s}))
+    except AssertionError as e:
+        raise ConfigError(f"{e} (see: python train.py --help)")
     return s, module, given
 
 
