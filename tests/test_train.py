@@ -162,13 +162,13 @@ def test_sample_without_a_checkpoint_says_how_to_make_one(tmp_path):
     assert result.stderr.strip().splitlines() == [result.stderr.strip()] and "python train.py" in result.stderr
 
 
-def test_gpt2_bpe_data_trains_and_samples_offline(tmp_path, monkeypatch):
+def test_gpt2_bpe_data_trains_and_samples(tmp_path, monkeypatch, tiny_shakespeare, gpt2_files):
     import prepare_data
-    from conftest import TIKTOKEN_CACHE, TINYSHAKESPEARE
+    from conftest import use_gpt2_files
 
-    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(TIKTOKEN_CACHE))
+    use_gpt2_files(gpt2_files, tmp_path / "data", monkeypatch)
     text = tmp_path / "plays.txt"
-    text.write_text(TINYSHAKESPEARE.read_text(encoding="utf-8")[:20_000], encoding="utf-8")
+    text.write_text(tiny_shakespeare[:20_000], encoding="utf-8")
     prepare_data.prepare_file(text, name="plays_bpe", tokenizer="gpt2", data_dir=tmp_path / "data")
     out_dir = tmp_path / "out"
     final = train.main(["--model", "gpt", *TINY, "--data_dir", str(tmp_path / "data"), "--dataset", "plays_bpe",
@@ -176,7 +176,7 @@ def test_gpt2_bpe_data_trains_and_samples_offline(tmp_path, monkeypatch):
     assert json.loads((out_dir / "config.json").read_text())["vocab_size"] == 50304  # GPT-2's, padded
     assert final["val_loss"] == pytest.approx(math.log(50304), abs=0.5)
     result = run_script("sample.py", "--out_dir", str(out_dir), "--num_samples", "1", "--max_new_tokens", "5",
-                        "--start", "KING RICHARD", env={"TIKTOKEN_CACHE_DIR": str(TIKTOKEN_CACHE)})
+                        "--start", "KING RICHARD", env=gpt2_files["env"])
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("KING RICHARD")
 
