@@ -178,7 +178,7 @@ def near_best(losses):
 
 def norm_growth_exponent(steps, norms):
     """The late log-log slope of the parameter norm: OLS of log(norm) on log(step) over the second half of the run
-    (norm_growth spec 1.4, recommendation 2). sqrt(t) growth gives 0.5, a constant norm 0; a norm that starts at
+    (Merrill et al. 2021, sec. 3: T5's norm grows like sqrt(t)). sqrt(t) growth gives 0.5, a constant norm 0; a norm that starts at
     rho_0 > 0 and grows like sqrt(t) shows a smaller slope early, approaching 0.5 later. None below 3 points."""
     steps, norms = np.asarray(steps, dtype=float), np.asarray(norms, dtype=float)
     late = (steps >= steps[-1] / 2) & (steps > 0) & (norms > 0)
@@ -240,7 +240,7 @@ def mean_hidden_norm(runs):
 
 
 def head_classes(heads, argmax_count=1.5, mean_fraction=0.5):
-    """(argmax-like, mean-like, in between) head counts, as spec norm_growth.md 3.3 classifies them: argmax-like if
+    """(argmax-like, mean-like, in between) head counts, the two kinds of Merrill et al. 2021, sec. 4.3: argmax-like if
     at temperature 1/10 it keeps at most 1.5 positions on average, mean-like if it spreads over at least half of the
     positions it sees."""
     argmax = sum(c <= argmax_count for c in heads["count_c10"])

@@ -417,8 +417,8 @@ def scale_summary(model):
 
 
 # -----------------------------------------------------------------------------
-# Saturation and attention metrics, at every evaluation (Merrill et al. 2021, sections 2-3; spec norm_growth.md
-# sections 2, 3 and 6). All on a fixed validation batch, in fp32 without autocast, on the uncompiled model
+# Saturation and attention metrics, at every evaluation (Merrill et al. 2021: Definition 1, sections 4.1 to 4.3).
+# All on a fixed validation batch, in fp32 without autocast, on the uncompiled model
 
 SATURATION_C = 1000.0   # the paper's saturation: every parameter times c = 1000 (GPT only, see saturation())
 ATTENTION_C = 100.0     # the attention-temperature variant: the attention logits times c = 100, for every model
@@ -450,9 +450,9 @@ def saturation(model, idx, kind):
     """Per block, the mean over tokens of cos(h_l(x; theta), h_l(x; saturated theta)): how close the network is to
     its large-norm limit, to which norm growth drives it (Merrill et al., section 2). kind "params": every
     parameter times SATURATION_C, the paper's definition (embeddings, gains and head included). It means nothing
-    for nGPT and anGPT, whose matrices enter only through normalized vectors or factors fixed by the shapes (spec
-    2.7); kind "attention" instead multiplies every attention logit by ATTENTION_C, which for GPT is the same as
-    scaling W_q by c and for nGPT the same as scaling s_qk by sqrt(c)."""
+    for nGPT and anGPT, whose matrices enter only through normalized vectors or factors fixed by the shapes, so
+    scaling them changes almost nothing; kind "attention" instead multiplies every attention logit by ATTENTION_C,
+    which for GPT is the same as scaling W_q by c and for nGPT the same as scaling s_qk by sqrt(c)."""
     plain = block_outputs(model, idx)
     if kind == "params":
         saturated = block_outputs(model, idx, {name: p * SATURATION_C for name, p in model.named_parameters()})
@@ -472,11 +472,11 @@ def saturation(model, idx, kind):
 @torch.no_grad()
 def head_stats(logits, t_min, counts_at=HEAD_COUNT_CS, threshold=1e-5):
     """Per head, from its pre-softmax logits (B, nh, T, T) before the causal mask: the mean over sequences and
-    queries t >= t_min (fewer keys say little) of (spec 3.3)
+    queries t >= t_min (fewer keys say little) of (Merrill et al., sec. 4.3, for causal attention)
       n_eff      exp(entropy of the attention weights): the positions attended; one-hot 1, uniform over s <= t: t + 1
       f_eff      n_eff / (t + 1), the same as a fraction of the positions visible
       count_c    #{s <= t : softmax(c * logits)_s > threshold}, the paper's count at the finite temperature 1/c
-      logit_std  the std of the logits over s <= t: the effective attention temperature (spec 6.1)
+      logit_std  the std of the logits over s <= t: the effective attention temperature
     Returns {name: [one value per head]}."""
     T = logits.size(-1)
     visible = torch.ones(T, T, dtype=torch.bool, device=logits.device).tril()[t_min:]  # (T - t_min, T): s <= t
@@ -517,8 +517,8 @@ def eval_metrics(model, idx, model_name):
     model.eval()
     try:
         with torch.autocast(idx.device.type, enabled=False):
-            # GPT is about homogeneous in its parameters, so the paper's definition applies to it (spec 2.6); nGPT
-            # and anGPT get the attention-temperature variant under the same name (spec 2.7), and say so
+            # GPT is about homogeneous in its parameters, so the paper's definition applies to it (sec. 5.2); nGPT
+            # and anGPT get the attention-temperature variant under the same name, and say so
             kind = "params" if model_name == "gpt" else "attention"
             main = saturation(model, idx, kind)
             heads = attention_stats(model, idx)
