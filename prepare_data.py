@@ -28,7 +28,8 @@ Without internet (only package registries reachable, as in CI):
   fails, the rank file is taken out of PyPI's openai-whisper sdist (byte-identical to tiktoken's r50k_base.tiktoken),
   checked by sha256, and cached as data/gpt2.tiktoken.
 
-From Python (train.py, sample.py): prepare(dataset, data_dir=...), prepare_file(path, ...), get_gpt2_encoding().
+From Python (train.py, sample.py): prepare(dataset, data_dir=...), prepare_file(path, ...), get_gpt2_encoding(),
+read_meta(folder).
 Every problem the user can fix raises DataError, which main() prints as one line.
 """
 
@@ -82,6 +83,32 @@ def read_text_file(path):
     if not text:
         raise DataError(f"{path} is empty")
     return text
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    """An unpickler for plain data only: dicts, lists, tuples, sets, strings, bytes, numbers, booleans and None.
+    Anything else (a class, a function, numpy scalars) needs find_class, which it refuses, so a crafted meta.pkl
+    cannot run code: pickle can only call what find_class returns."""
+
+    def find_class(self, module, name):
+        raise pickle.UnpicklingError(f"it asks for {module}.{name}")
+
+
+def read_meta(folder):
+    """The dataset's meta.pkl as a dict ({} when there is none), read without running anything it holds."""
+    path = Path(folder) / "meta.pkl"
+    if not path.exists():
+        return {}
+    try:
+        with open(path, "rb") as f:
+            meta = _PlainUnpickler(f).load()
+    except Exception as e:  # a crafted, truncated or foreign file
+        raise DataError(f"{path} is not a plain meta.pkl ({_one_line(e)}); nothing in it was run; prepare the "
+                        "dataset again with prepare_data.py --force") from None
+    if not isinstance(meta, dict):
+        raise DataError(f"{path} holds a {type(meta).__name__}, not a dict; prepare the dataset again with "
+                        "prepare_data.py --force")
+    return meta
 
 
 # -----------------------------------------------------------------------------

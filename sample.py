@@ -11,7 +11,6 @@ GPT-2 BPE (tiktoken) otherwise, as in nanoGPT.
 
 import argparse
 import importlib
-import pickle
 import sys
 from contextlib import nullcontext
 from pathlib import Path
@@ -42,20 +41,17 @@ def load_model(out_dir, device):
 
 def load_tokenizer(data_folder, data_dir):
     """(encode, decode) for the dataset the model was trained on."""
-    meta_path = data_folder / "meta.pkl"
-    if meta_path.exists():
-        with open(meta_path, "rb") as f:
-            meta = pickle.load(f)
-        if "stoi" in meta:
-            stoi, itos = meta["stoi"], meta["itos"]
+    meta = prepare_data.read_meta(data_folder)
+    if "stoi" in meta:
+        stoi, itos = meta["stoi"], meta["itos"]
 
-            def encode(text):
-                unknown = sorted(set(text) - set(stoi))
-                if unknown:
-                    raise SampleError(f"--start has characters the model never saw: {''.join(unknown)!r}")
-                return [stoi[c] for c in text]
+        def encode(text):
+            unknown = sorted(set(text) - set(stoi))
+            if unknown:
+                raise SampleError(f"--start has characters the model never saw: {''.join(unknown)!r}")
+            return [stoi[c] for c in text]
 
-            return encode, lambda ids: "".join(itos[i] for i in ids)
+        return encode, lambda ids: "".join(itos[i] for i in ids)
     enc = prepare_data.get_gpt2_encoding(data_dir)
     return (lambda text: enc.encode(text, allowed_special={"<|endoftext|>"})), enc.decode
 

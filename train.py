@@ -263,12 +263,9 @@ def dataset_dir(s):
 
 def read_vocab_size(folder):
     """From meta.pkl (char-level data); GPT-2's 50257 padded to 50304 when there is none (nanoGPT)."""
-    meta_path = folder / "meta.pkl"
-    if meta_path.exists():
-        with open(meta_path, "rb") as f:
-            meta = pickle.load(f)
-        if meta.get("tokenizer", "char") == "char":
-            return meta["vocab_size"]
+    meta = prepare_data.read_meta(folder)
+    if meta and meta.get("tokenizer", "char") == "char":
+        return meta["vocab_size"]
     return 50304
 
 

@@ -199,3 +199,36 @@ def test_whisper_sdist_ships_tiktokens_r50k_rank_file(gpt2_here):
     assert hashlib.sha256(ranks).hexdigest() == R50K_SHA256  # tiktoken's own hash of r50k_base.tiktoken
     if gpt2_here["rank_file"] is None:  # tiktoken has its own copy: the same bytes
         assert ranks == gpt2_rank_bytes(gpt2_here)
+
+
+# -----------------------------------------------------------------------------
+# meta.pkl: plain data only
+
+class RunsCode:
+    """Pickles as a call of exec: loading it with pickle.load creates the marker file."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return exec, (f"open({str(self.marker)!r}, 'w').close()",)
+
+
+@pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
+def test_nanogpts_meta_pkl_loads_in_every_pickle_protocol(tmp_path, protocol):
+    chars = sorted(set("First Citizen:\nBefore we proceed any further, hear me speak."))
+    meta = {"vocab_size": len(chars), "itos": dict(enumerate(chars)), "stoi": {c: i for i, c in enumerate(chars)}}
+    with open(tmp_path / "meta.pkl", "wb") as f:
+        pickle.dump(meta, f, protocol=protocol)  # as nanoGPT's data/shakespeare_char/prepare.py writes it
+    assert prepare_data.read_meta(tmp_path) == meta
+
+
+def test_a_crafted_meta_pkl_is_refused_and_runs_nothing(tmp_path):
+    marker = tmp_path / "ran"
+    crafted = pickle.dumps({"vocab_size": RunsCode(marker)})
+    (tmp_path / "meta.pkl").write_bytes(crafted)
+    with pytest.raises(prepare_data.DataError, match="builtins.exec.*nothing in it was run"):
+        prepare_data.read_meta(tmp_path)
+    assert not marker.exists()
+    pickle.loads(crafted)  # the file is a real attack: a plain unpickler runs it
+    assert marker.exists()

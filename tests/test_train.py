@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -232,3 +233,24 @@ def test_ngpt_parameter_norm_does_not_grow(char_dataset, tmp_path):
     norms = [r["param_norm"] for r in read_log(tmp_path) if "loss" in r]
     # every unit row or column contributes 1 to ||theta||^2: the norm is fixed by the shapes
     assert norms == pytest.approx([norms[0]] * len(norms), rel=1e-5)
+
+
+def test_a_crafted_meta_pkl_stops_train_and_sample_with_one_line_and_runs_nothing(char_dataset, tmp_path):
+    import pickle
+    import shutil
+
+    from test_prepare_data import RunsCode
+
+    data_dir, name = char_dataset
+    shutil.copytree(Path(data_dir) / name, tmp_path / "data" / "crafted")
+    args = ["--model", "gpt", *TINY, "--data_dir", str(tmp_path / "data"), "--dataset", "crafted", "--max_iters", "1"]
+    train.main([*args, "--out_dir", str(tmp_path / "run")])  # a checkpoint trained on the folder while it was good
+    marker = tmp_path / "ran"
+    (tmp_path / "data" / "crafted" / "meta.pkl").write_bytes(pickle.dumps({"vocab_size": RunsCode(marker)}))
+
+    for result in (run_script("train.py", *args, "--out_dir", str(tmp_path / "out")),
+                   run_script("sample.py", "--out_dir", str(tmp_path / "run"), "--max_new_tokens", "2")):
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2 and len(lines) == 1, result.stderr
+        assert "meta.pkl is not a plain meta.pkl" in lines[0] and "nothing in it was run" in lines[0]
+    assert not marker.exists() and not (tmp_path / "out").exists()
