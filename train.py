@@ -38,7 +38,6 @@ import importlib
 import json
 import math
 import os
-import pickle
 import signal
 import sys
 import time
@@ -650,7 +649,8 @@ def main(argv=None):
         torch.set_rng_state(checkpoint["rng_cpu"])
         if device_type == "cuda" and checkpoint.get("rng_cuda") is not None:
             torch.cuda.set_rng_state(checkpoint["rng_cuda"])
-    model.after_step()  # nGPT and anGPT: weights on the sphere / in the ball before the first step
+    if checkpoint is None:  # nGPT and anGPT: weights on the sphere / in the ball before the first step. Not on
+        model.after_step()  # resume: normalizing normalized weights again moves their last bits
     raw_model = model
     if s["compile"]:
         model = torch.compile(model)
