@@ -535,22 +535,11 @@ def extrapolation_losses(model, tokens, factors, count, device):
 def evaluate_checkpoint(path, factors, count, device, data_dir=None, keys=None):
     """One checkpoint's extrapolation_losses on its own dataset's validation split, with what it is; None if its
     model is not one of `keys`."""
-    ckpt = train.load_checkpoint(path)
-    missing = [k for k in ("model_name", "model_config", "model", "settings") if k not in ckpt]
-    if missing:
-        raise train.ConfigError(f"{path} is not a train.py checkpoint (no {', '.join(missing)})")
+    model, ckpt = train.load_trained_model(path, device)
     key = variant_of(ckpt["settings"])
     if keys and key not in keys:
         return None
-    if ckpt["model_name"] not in train.MODELS:
-        raise train.ConfigError(f"{path} holds a {ckpt['model_name']} model, but there is no {ckpt['model_name']}.py")
-    module = train.load_model_module(ckpt["model_name"])
-    model = module.Model(module.Config(**ckpt["model_config"]))
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as e:  # saved by another version of the model file
-        raise train.ConfigError(f"{path} does not fit {ckpt['model_name']}.py as it is now: {str(e).splitlines()[0]}")
-    model.to(device=device, dtype=torch.float32).eval()
+    model.to(dtype=torch.float32)
     settings = ckpt["settings"]
     folder = Path(data_dir or settings["data_dir"]) / settings["dataset"]
     if not (folder / "val.bin").exists():

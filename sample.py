@@ -10,7 +10,6 @@ GPT-2 BPE (tiktoken) otherwise, as in nanoGPT.
 """
 
 import argparse
-import importlib
 import sys
 from contextlib import nullcontext
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 import torch
 
 import prepare_data
+import train
 
 
 class SampleError(Exception):
@@ -29,14 +29,8 @@ def load_model(out_dir, device):
     path = Path(out_dir) / "ckpt.pt"
     if not path.exists():
         raise SampleError(f"no checkpoint at {path}; train one with: python train.py --model gpt --out_dir {out_dir}")
-    try:
-        checkpoint = torch.load(path, map_location=device, weights_only=True)
-        module = importlib.import_module(checkpoint["model_name"])
-        model = module.Model(module.Config(**checkpoint["model_config"]))
-        model.load_state_dict(checkpoint["model"])
-    except Exception as e:  # truncated file, foreign checkpoint, model file missing
-        raise SampleError(f"cannot load checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
-    return model.to(device).eval(), checkpoint["settings"]
+    model, checkpoint = train.load_trained_model(path, device)
+    return model, checkpoint["settings"]
 
 
 def load_tokenizer(data_folder, data_dir):
@@ -99,6 +93,6 @@ def main(argv=None):
 if __name__ == "__main__":
     try:
         main()
-    except (SampleError, prepare_data.DataError) as e:
+    except (SampleError, train.ConfigError, prepare_data.DataError) as e:
         print(f"sample.py: error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -549,6 +549,26 @@ def load_checkpoint(path):
         raise ConfigError(f"cannot read checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
 
 
+def load_trained_model(path, device="cpu"):
+    """(model in eval mode on device, checkpoint) from a train.py checkpoint: how sample.py and compare.py read one.
+    Every way a file can be wrong for this (not a checkpoint, a model file that is gone or changed) is a ConfigError.
+    """
+    checkpoint = load_checkpoint(path)
+    missing = [k for k in ("model_name", "model_config", "model", "settings") if k not in checkpoint]
+    if missing:
+        raise ConfigError(f"{path} is not a train.py checkpoint (no {', '.join(missing)})")
+    name = checkpoint["model_name"]
+    if name not in MODELS:
+        raise ConfigError(f"{path} holds a {name} model, but there is no {name}.py")
+    module = load_model_module(name)
+    try:
+        model = module.Model(module.Config(**checkpoint["model_config"]))
+        model.load_state_dict(checkpoint["model"])
+    except (TypeError, AssertionError, RuntimeError) as e:  # saved by another version of the model file
+        raise ConfigError(f"{path} does not fit {name}.py as it is now: {str(e).splitlines()[0][:200]}")
+    return model.to(device).eval(), checkpoint
+
+
 def read_log(path):
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]

@@ -259,3 +259,21 @@ def test_a_crafted_meta_pkl_stops_train_and_sample_with_one_line_and_runs_nothin
         assert result.returncode == 2 and len(lines) == 1, result.stderr
         assert "meta.pkl is not a plain meta.pkl" in lines[0] and "nothing in it was run" in lines[0]
     assert not marker.exists() and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("damage, expected", [("drop settings", "is not a train.py checkpoint (no settings)"),
+                                              ("another width", "does not fit gpt.py as it is now"),
+                                              ("another model file", "holds a gpt2000 model, but there is no")])
+def test_sample_names_what_is_wrong_with_a_checkpoint_in_one_line(tiny_run, tmp_path, damage, expected):
+    out_dir, _ = tiny_run
+    checkpoint = torch.load(out_dir / "ckpt.pt", weights_only=True)
+    if damage == "drop settings":
+        del checkpoint["settings"]
+    elif damage == "another width":
+        checkpoint["model_config"]["n_embd"] *= 2
+    else:
+        checkpoint["model_name"] = "gpt2000"
+    torch.save(checkpoint, tmp_path / "ckpt.pt")
+    result = run_script("sample.py", "--out_dir", str(tmp_path), "--max_new_tokens", "2")
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and expected in lines[0], result.stderr
