@@ -39,20 +39,14 @@ BASELINES = ("gpt", "gpt_qk")  # each model's step time is given as a ratio to t
 
 
 def make_step(model, module, x, y, autocast):
-    """One training step of `model`, exactly as train.py takes it (without data loading and logging)."""
+    """One training step of `model` as train.py takes it (train.train_step), without data loading and logging."""
     recipe = module.RECIPE
     optimizer = torch.optim.AdamW(model.optimizer_groups(recipe["weight_decay"]), lr=recipe["learning_rate"],
                                   betas=(recipe["beta1"], recipe["beta2"]), eps=recipe["eps"],
                                   fused=x.device.type == "cuda")
 
-    def step(forward):
-        with autocast:
-            _, loss = forward(x, y)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), recipe["grad_clip"] or float("inf"))
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        model.after_step()
+    def step(forward):  # forward: the model itself or its compiled version
+        train.train_step(forward, optimizer, [(x, y)], recipe["grad_clip"], autocast, raw_model=model)
 
     return step
 

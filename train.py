@@ -532,6 +532,34 @@ def eval_metrics(model, idx, model_name):
 # -----------------------------------------------------------------------------
 # Checkpoints and logs
 
+def train_step(model, optimizer, micro_batches, grad_clip, autocast=nullcontext(), skip_nonfinite=False,
+               raw_model=None):
+    """One optimizer step, the same in train.py, bench.py and the tests: the mean loss over micro_batches, a list of
+    (x, y), and its gradient; the gradient norm, clipped at grad_clip (0 or None: measured only); the optimizer step;
+    and the model's after_step() (nGPT's and anGPT's weight normalization). model may be compiled or wrapped in
+    DDP (which then averages the gradients over processes on the last micro-batch only); raw_model is the model
+    inside it. With skip_nonfinite, a step whose loss or gradient is not finite is not taken, which costs a host
+    sync. Returns (loss, grad_norm, taken); loss and grad_norm are tensors on the device."""
+    raw_model = raw_model or model
+    step_loss = torch.zeros((), device=micro_batches[0][0].device)
+    for i, (x, y) in enumerate(micro_batches):
+        last = i == len(micro_batches) - 1
+        with model.no_sync() if isinstance(model, DDP) and not last else nullcontext():
+            with autocast:
+                _, loss = model(x, y)
+            # DDP's average over processes times this 1/len(micro_batches) gives the mean over the global batch
+            (loss / len(micro_batches)).backward()
+        step_loss += loss.detach().float() / len(micro_batches)
+    grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), grad_clip or float("inf"))
+    if skip_nonfinite and not (torch.isfinite(grad_norm) & torch.isfinite(step_loss)).item():
+        optimizer.zero_grad(set_to_none=True)
+        return step_loss, grad_norm, False
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    raw_model.after_step()
+    return step_loss, grad_norm, True
+
+
 def save_checkpoint(path, state):
     """Write to a temporary file beside the target, then rename: a crash leaves the old checkpoint intact."""
     tmp = path.with_name(path.name + ".tmp")
@@ -794,20 +822,11 @@ def main(argv=None):
         for group in optimizer.param_groups:
             group["lr"] = lr
         x_all, y_all = batches.get("train", seed=s["seed"] * 1_000_003 + iter_num, count=sequences_per_iter)
-        step_loss = torch.zeros((), device=device)
-        for micro in range(micro_steps):
-            rows = slice((rank * micro_steps + micro) * s["batch_size"], (rank * micro_steps + micro + 1) * s["batch_size"])
-            # DDP averages gradients over processes on the last micro-step only
-            sync = nullcontext() if (not ddp or micro == micro_steps - 1) else model.no_sync()
-            with sync:
-                with autocast:
-                    _, loss = model(x_all[rows], y_all[rows])
-                # DDP's average over processes times this 1/micro_steps gives the mean over the global batch
-                (loss / micro_steps).backward()
-            step_loss += loss.detach().float() / micro_steps
-        grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), s["grad_clip"] or float("inf"))
-        finite = torch.isfinite(grad_norm) & torch.isfinite(step_loss)
-        if s["skip_nonfinite"] and not finite.item():
+        mine = [slice(m * s["batch_size"], (m + 1) * s["batch_size"])
+                for m in range(rank * micro_steps, (rank + 1) * micro_steps)]  # this process's rows of the batch
+        step_loss, grad_norm, taken = train_step(model, optimizer, [(x_all[rows], y_all[rows]) for rows in mine],
+                                                 s["grad_clip"], autocast, s["skip_nonfinite"] > 0, raw_model)
+        if not taken:
             skipped += 1
             if master:
                 print(f"iter {iter_num}: non-finite loss or gradient, step skipped ({skipped} of at most {s['skip_nonfinite']})")
@@ -815,14 +834,11 @@ def main(argv=None):
             if skipped > s["skip_nonfinite"]:
                 raise TrainingError(f"more than --skip_nonfinite {s['skip_nonfinite']} steps had a non-finite loss or "
                                     f"gradient (the last at step {iter_num}); lower --learning_rate")
-            optimizer.zero_grad(set_to_none=True)
             skipped_since_log += 1
         else:
+            finite = torch.isfinite(grad_norm) & torch.isfinite(step_loss)
             first_bad_iter = torch.where(finite | (first_bad_iter >= 0), first_bad_iter, iter_num)
             loss_sum += step_loss
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            raw_model.after_step()
         iter_num += 1
         time_s += time.time() - step_start
 
