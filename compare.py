@@ -475,15 +475,6 @@ def position_limit(model):
     return wpe.num_embeddings if isinstance(wpe, torch.nn.Embedding) else None
 
 
-def validation_windows(tokens, length, count, seed=EXTRAPOLATION_SEED):
-    """`count` windows (x, y) of `length` tokens from the token stream, at starts drawn with `seed`: the same
-    windows for every model evaluated at this length."""
-    g = torch.Generator().manual_seed(seed)
-    starts = torch.randint(len(tokens) - length, (count,), generator=g).tolist()
-    windows = torch.from_numpy(np.stack([tokens[i:i + length + 1] for i in starts]).astype(np.int64))
-    return windows[:, :-1].contiguous(), windows[:, 1:].contiguous()  # (count, length) each
-
-
 @torch.no_grad()
 def context_loss(model, x, y, train_len, device):
     """The mean next-token loss over all positions of the windows, and over the positions at and past
@@ -516,7 +507,8 @@ def extrapolation_losses(model, tokens, factors, count, device):
                                 f"{length:,} ({length + 1:,} with its next-token target)")
         else:
             try:
-                losses = context_loss(model, *validation_windows(tokens, length, count), train_len, device)
+                windows = train.token_windows(tokens, length, count, EXTRAPOLATION_SEED)  # the same for every model
+                losses = context_loss(model, *windows, train_len, device)
                 if not math.isfinite(losses["loss"]):
                     raise ValueError(f"the loss is {losses['loss']}")
                 entry.update(losses)

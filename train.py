@@ -290,8 +290,8 @@ class Batches:
 
     def check_ids(self, split, tokens):
         if tokens.max() >= self.vocab_size:
-            raise ConfigError(f"{split}.bin in {self.folder} holds token id {tokens.max()}, but the vocabulary has "
-                              f"{self.vocab_size} ids; its meta.pkl belongs to other data: prepare it again")
+            raise ConfigError(f"{split}.bin in {self.folder} holds token id {int(tokens.max())}, but the vocabulary "
+                              f"has {self.vocab_size} ids; its meta.pkl belongs to other data: prepare it again")
 
     def tokens(self, split):
         # a fresh memmap per call, as nanoGPT does, so that memory does not grow over a long run
@@ -299,17 +299,23 @@ class Batches:
 
     def get(self, split, seed, count):
         """`count` sequences (x, y), each (count, block_size), drawn with the given seed."""
-        data = self.tokens(split)
-        g = torch.Generator().manual_seed(seed)
-        starts = torch.randint(len(data) - self.block_size, (count,), generator=g).tolist()
-        windows = np.stack([data[i:i + self.block_size + 1] for i in starts]).astype(np.int64)
-        self.check_ids(split, windows)  # on the host, before the copy to the device: no sync
-        x = torch.from_numpy(np.ascontiguousarray(windows[:, :-1]))
-        y = torch.from_numpy(np.ascontiguousarray(windows[:, 1:]))
+        x, y = token_windows(self.tokens(split), self.block_size, count, seed)
+        for ids in (x, y):
+            self.check_ids(split, ids)  # on the host, before the copy to the device: no sync
         if self.device.startswith("cuda"):
             # pinned memory lets the copy to the GPU run asynchronously
             return x.pin_memory().to(self.device, non_blocking=True), y.pin_memory().to(self.device, non_blocking=True)
         return x.to(self.device), y.to(self.device)
+
+
+def token_windows(tokens, length, count, seed):
+    """`count` windows of the token stream at starts drawn with `seed`, as (x, y): the inputs and the next-token
+    targets, (count, length) int64 each, on the CPU. The training batches and compare.py's evaluation at other
+    context lengths are both cut here."""
+    g = torch.Generator().manual_seed(seed)
+    starts = torch.randint(len(tokens) - length, (count,), generator=g).tolist()
+    windows = torch.from_numpy(np.stack([tokens[i:i + length + 1] for i in starts]).astype(np.int64))
+    return windows[:, :-1].contiguous(), windows[:, 1:].contiguous()
 
 
 # -----------------------------------------------------------------------------
