@@ -32,9 +32,8 @@ from contextlib import nullcontext
 import torch
 
 import train
+from variants import ARCHITECTURES, VARIANTS, config_options
 
-VARIANTS = {"gpt": ("gpt", {}), "gpt_qk": ("gpt", {"qk_norm": "true"}), "gpt_qk_rms": ("gpt", {"qk_norm": "rms"}),
-            "ngpt": ("ngpt", {}), "angpt": ("angpt", {})}
 BASELINES = ("gpt", "gpt_qk")  # each model's step time is given as a ratio to these, where they are timed
 
 
@@ -53,8 +52,8 @@ def make_step(model, module, x, y, autocast):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--models", default=",".join(k for k, (f, _) in VARIANTS.items() if f in train.MODELS),
-                   help="comma-separated, from: " + ", ".join(VARIANTS))
+    p.add_argument("--models", default=",".join(k for k in ARCHITECTURES if VARIANTS[k][0] in train.MODELS),
+                   help="comma-separated, from: " + ", ".join(ARCHITECTURES))
     p.add_argument("--n_layer", type=int, default=4)
     p.add_argument("--n_head", type=int, default=4)
     p.add_argument("--n_embd", type=int, default=128)
@@ -73,7 +72,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
     keys = args.models.split(",")
-    unknown = [k for k in keys if k not in VARIANTS or VARIANTS[k][0] not in train.MODELS]
+    unknown = [k for k in keys if k not in ARCHITECTURES or VARIANTS[k][0] not in train.MODELS]
     if unknown:
         p.error(f"unknown or missing model(s): {', '.join(unknown)}")
     if args.n_embd % args.n_head:
@@ -91,9 +90,9 @@ def main(argv=None):
                 vocab_size=args.vocab_size)
     contenders = {}  # name in the table -> (step function, forward to use, model)
     for key in keys + (["gpt_control"] if args.control else []):
-        file, options = VARIANTS["gpt" if key == "gpt_control" else key]
-        module = train.load_model_module(file)
-        model = module.Model(module.Config(**size, **options)).to(args.device)
+        variant = "gpt" if key == "gpt_control" else key
+        module = train.load_model_module(VARIANTS[variant][0])
+        model = module.Model(module.Config(**size, **config_options(variant))).to(args.device)
         model.after_step()
         step = make_step(model, module, x, y, autocast)
         contenders[key] = (step, model, model)

@@ -79,25 +79,15 @@ import torch
 from torch.nn import functional as F
 
 import train
+from variants import ARCHITECTURES, COLORS, VARIANTS, label
 
 # -----------------------------------------------------------------------------
-# The models compared: key -> (model file, extra train.py options, name in the plot and the table)
-VARIANTS = {
-    "gpt": ("gpt", [], "GPT"),
-    "gpt_qk": ("gpt", ["--qk_norm", "true"], "GPT+QK-norm"),  # the anGPT paper's GPT+: L2 norms and a gain g
-    "gpt_qk_rms": ("gpt", ["--qk_norm", "rms"], "GPT+QK-RMSNorm"),  # RMSNorm on q and k, per-channel gains
-    "ngpt": ("ngpt", [], "nGPT"),
-    "angpt": ("angpt", [], "anGPT"),
-    # Merrill et al.'s sqrt(t) norm growth needs no weight decay and a constant LR; the recipe's decay hides it
-    "gpt_const": ("gpt", ["--weight_decay", "0", "--decay_lr", "false"], "GPT, no decay, const LR"),
-}
-DEFAULT_KEYS = ("gpt", "gpt_qk", "gpt_qk_rms", "ngpt", "angpt")  # the convergence comparison
+# What is compared (the models themselves: variants.py) and how
+DEFAULT_KEYS = ARCHITECTURES  # the convergence comparison
 NORMS_KEYS = ("gpt", "ngpt", "angpt", "gpt_const")  # --norms: the three recipes and the undecayed GPT
 PAPER_BASELINES = {"gpt": "gpt", "gpt_qk": "gpt", "gpt_qk_rms": "gpt", "ngpt": "gpt", "angpt": "gpt_qk",
                    "gpt_const": "gpt"}
 BASELINE_KEYS = ("gpt", "gpt_qk", "gpt_qk_rms")  # every model's steps to each of these baselines' final loss
-COLORS = {"gpt": "#333333", "gpt_qk": "#1f77b4", "gpt_qk_rms": "#17becf", "ngpt": "#2ca02c", "angpt": "#d62728",
-          "gpt_const": "#9467bd"}  # baseline in gray
 LR_MULTIPLIERS = (0.25, 0.5, 1, 2, 4)  # --lr-sweep: the grid around each model's recipe LR
 EVALS_PER_RUN = 20  # unless --eval_interval is given: steps-to-target interpolates between close points
 # --sweep: options plotted on a log axis, and options swept at a fixed token budget (max_iters x value fixed)
@@ -113,10 +103,6 @@ TOKENS_PER_FORWARD = 8192
 # options compare.py sets itself for every run, with what to use instead
 OWN_OPTIONS = {"--model": "--models", "--seed": "--seeds", "--out_dir": "compare.py's --out_dir",
                "--max_iters": "--iters", "--resume": "the same command again"}
-
-
-def label(key):
-    return VARIANTS[key][2] if key in VARIANTS else key
 
 
 def variant_of(config):

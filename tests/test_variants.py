@@ -1,0 +1,34 @@
+"""variants.py: every variant is a model file and options that train.py and the model's Config accept."""
+
+import dataclasses
+
+import pytest
+
+from conftest import REPO  # noqa: F401  (puts the repo on sys.path)
+import train
+import variants
+
+
+@pytest.mark.parametrize("key", variants.VARIANTS)
+def test_every_variant_is_a_model_file_and_options_train_py_accepts(key):
+    file, options, name = variants.VARIANTS[key]
+    assert file in train.MODELS and name and key in variants.COLORS
+    parsed = vars(train.build_parser().parse_args(["--model", file, *options]))
+    for option, text in zip(options[::2], options[1::2]):
+        value = parsed[option[2:]]
+        assert value == (train.parse_bool(text) if isinstance(value, bool) else type(value)(text)), option
+
+
+@pytest.mark.parametrize("key", variants.ARCHITECTURES)
+def test_each_architecture_builds_from_its_config_options(key):
+    module = train.load_model_module(variants.VARIANTS[key][0])
+    fields = {f.name for f in dataclasses.fields(module.Config)}
+    options = variants.config_options(key)
+    assert set(options) <= fields
+    config = module.Config(block_size=8, vocab_size=11, n_layer=1, n_head=2, n_embd=16, **options)
+    assert all(getattr(config, name) == value for name, value in options.items())
+
+
+def test_recipe_variants_have_no_config_options():
+    with pytest.raises(AssertionError, match="gpt_const"):
+        variants.config_options("gpt_const")
