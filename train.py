@@ -47,9 +47,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+import norms
 import prepare_data
 
 HERE = Path(__file__).resolve().parent
@@ -375,167 +375,6 @@ def peak_flops(device, dtype):
 
 
 # -----------------------------------------------------------------------------
-# Parameter-norm metrics (Merrill et al., EMNLP 2021: a transformer's parameter norm grows like sqrt(t))
-
-def norm_group(model):
-    """(layer, matrix) for the parameters whose norm is tracked: the 2-D weights inside the transformer blocks.
-    As in the paper's T5 analysis, no embeddings (wte, and here the untied lm_head too) and no 0-d or 1-d
-    parameters (RMSNorm gains, nGPT's and anGPT's scale vectors), which are logged separately (scale_summary)."""
-    return [(int(name.split(".")[2]), p) for name, p in model.named_parameters()
-            if name.startswith("transformer.h.") and p.dim() == 2]
-
-
-@torch.no_grad()
-def norm_metrics(group, before_step, last_logged):
-    """param_norm (||theta||), param_norm_layers, rel_step (||theta_t+1 - theta_t|| / ||theta_t||) and dir_cos
-    (the cosine between this and the last logged theta), from the block matrices as they are now."""
-    layers = [layer for layer, _ in group]
-    now = [p.detach().float() for _, p in group]
-    squares = torch.stack(torch._foreach_norm(now)) ** 2
-    n_layers = max(layers) + 1
-    layer_norms = torch.zeros(n_layers, device=squares.device).index_add_(0, torch.tensor(layers, device=squares.device), squares).sqrt()
-    norm = squares.sum().sqrt()
-    step = torch.stack(torch._foreach_norm(torch._foreach_sub(now, before_step))).square().sum().sqrt()
-    before_norm = torch.stack(torch._foreach_norm(before_step)).square().sum().sqrt()
-    out = dict(param_norm=norm.item(), param_norm_layers=layer_norms.tolist(), rel_step=(step / before_norm).item())
-    if last_logged is not None:
-        dot = sum((a * b).sum() for a, b in zip(now, last_logged))
-        last_norm = torch.stack(torch._foreach_norm(last_logged)).square().sum().sqrt()
-        out["dir_cos"] = (dot / (norm * last_norm)).item()
-    return out
-
-
-@torch.no_grad()
-def scale_summary(model):
-    """The mean effective value of every 1-D parameter: RMSNorm gains, and nGPT's and anGPT's learned scales
-    (stored raw, used times s_init/s_scale; alphas through abs())."""
-    out = {}
-    for name, module in model.named_modules():
-        weight = getattr(module, "weight", None)
-        if isinstance(weight, torch.nn.Parameter) and weight.dim() == 1:
-            effective = weight.float() * (module.s_init / module.s_scale) if hasattr(module, "s_init") else weight.float()
-            out[name] = (effective.abs() if "alpha" in name else effective).mean().item()
-    return out
-
-
-# -----------------------------------------------------------------------------
-# Saturation and attention metrics, at every evaluation (Merrill et al. 2021: Definition 1, sections 4.1 to 4.3).
-# All on a fixed validation batch, in fp32 without autocast, on the uncompiled model
-
-SATURATION_C = 1000.0   # the paper's saturation: every parameter times c = 1000 (GPT only, see saturation())
-ATTENTION_C = 100.0     # the attention-temperature variant: the attention logits times c = 100, for every model
-HEAD_COUNT_CS = (10, 100)  # head analysis: how many positions keep a weight > 1e-5 at these temperatures
-PROBE_TOKENS = 2048     # the metrics' validation batch: PROBE_TOKENS // block_size sequences (at least 1)
-
-
-@torch.no_grad()
-def block_outputs(model, idx, params=None):
-    """The residual stream after every block, [(B, T, C) in fp32], caught by forward hooks on the blocks. With
-    `params` the model runs with those parameters instead of its own (torch.func.functional_call): the live
-    model is never modified."""
-    outputs = []
-    hooks = [block.register_forward_hook(lambda module, args, out: outputs.append(out.float()))
-             for block in model.transformer.h]
-    try:
-        if params is None:
-            model(idx)
-        else:
-            torch.func.functional_call(model, params, (idx,))
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return outputs
-
-
-@torch.no_grad()
-def saturation(model, idx, kind):
-    """Per block, the mean over tokens of cos(h_l(x; theta), h_l(x; saturated theta)): how close the network is to
-    its large-norm limit, to which norm growth drives it (Merrill et al., section 2). kind "params": every
-    parameter times SATURATION_C, the paper's definition (embeddings, gains and head included). It means nothing
-    for nGPT and anGPT, whose matrices enter only through normalized vectors or factors fixed by the shapes, so
-    scaling them changes almost nothing; kind "attention" instead multiplies every attention logit by ATTENTION_C,
-    which for GPT is the same as scaling W_q by c and for nGPT the same as scaling s_qk by sqrt(c)."""
-    plain = block_outputs(model, idx)
-    if kind == "params":
-        saturated = block_outputs(model, idx, {name: p * SATURATION_C for name, p in model.named_parameters()})
-    else:
-        attentions = [block.attn for block in model.transformer.h]
-        for attn in attentions:
-            attn.logit_mult = ATTENTION_C
-        try:
-            saturated = block_outputs(model, idx)
-        finally:
-            for attn in attentions:
-                attn.logit_mult = 1.0
-    cosines = [F.cosine_similarity(a, b, dim=-1).mean() for a, b in zip(plain, saturated)]
-    return [round(v, 5) for v in torch.stack(cosines).tolist()]
-
-
-@torch.no_grad()
-def head_stats(logits, t_min, counts_at=HEAD_COUNT_CS, threshold=1e-5):
-    """Per head, from its pre-softmax logits (B, nh, T, T) before the causal mask: the mean over sequences and
-    queries t >= t_min (fewer keys say little) of (Merrill et al., sec. 4.3, for causal attention)
-      n_eff      exp(entropy of the attention weights): the positions attended; one-hot 1, uniform over s <= t: t + 1
-      f_eff      n_eff / (t + 1), the same as a fraction of the positions visible
-      count_c    #{s <= t : softmax(c * logits)_s > threshold}, the paper's count at the finite temperature 1/c
-      logit_std  the std of the logits over s <= t: the effective attention temperature
-    Returns {name: [one value per head]}."""
-    T = logits.size(-1)
-    visible = torch.ones(T, T, dtype=torch.bool, device=logits.device).tril()[t_min:]  # (T - t_min, T): s <= t
-    logits = logits.float()[:, :, t_min:].masked_fill(~visible, float("-inf"))  # (B, nh, T - t_min, T)
-    positions = visible.sum(-1).float()  # t + 1
-    weights = logits.softmax(-1)
-    n_eff = torch.exp(-torch.special.xlogy(weights, weights).sum(-1))  # xlogy(0, 0) = 0 for the masked keys
-    mean = logits.masked_fill(~visible, 0.0).sum(-1, keepdim=True) / positions[:, None]
-    var = (logits - mean).masked_fill(~visible, 0.0).square().sum(-1) / positions
-    out = dict(n_eff=n_eff, f_eff=n_eff / positions, logit_std=var.sqrt())
-    for c in counts_at:
-        out[f"count_c{c:g}"] = ((c * logits).softmax(-1) > threshold).sum(-1).float()
-    return {name: [round(v, 4) for v in value.mean(dim=(0, 2)).tolist()] for name, value in out.items()}
-
-
-@torch.no_grad()
-def attention_stats(model, idx):
-    """head_stats() of every layer: {name: [[one value per head] per layer]}, from the logits the attention modules
-    record during one forward pass."""
-    attentions = [block.attn for block in model.transformer.h]
-    for attn in attentions:
-        attn.record_logits = []
-    try:
-        model(idx)
-        logits = [attn.record_logits[0] for attn in attentions]
-    finally:
-        for attn in attentions:
-            attn.record_logits = None
-    t_min = min(16, idx.size(1) // 4)
-    per_layer = [head_stats(layer_logits, t_min) for layer_logits in logits]
-    return {name: [layer[name] for layer in per_layer] for name in per_layer[0]}
-
-
-def eval_metrics(model, idx, model_name):
-    """The eval record's saturation and attention fields. The model must be the uncompiled one; it is run in eval
-    mode and fp32 (the saturated logits reach c^4 = 1e12: bf16 would round near-equal ones to ties, fp16 overflow)."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.autocast(idx.device.type, enabled=False):
-            # GPT is about homogeneous in its parameters, so the paper's definition applies to it (sec. 5.2); nGPT
-            # and anGPT get the attention-temperature variant under the same name, and say so
-            kind = "params" if model_name == "gpt" else "attention"
-            main = saturation(model, idx, kind)
-            heads = attention_stats(model, idx)
-            hidden_norm = [round(h.norm(dim=-1).mean().item(), 4) for h in block_outputs(model, idx)]
-            return dict(saturation=main,
-                        saturation_kind=f"all parameters x {SATURATION_C:g}" if kind == "params"
-                        else f"attention logits x {ATTENTION_C:g}",
-                        saturation_attn=saturation(model, idx, "attention") if kind == "params" else main,
-                        attn_logit_std=[round(sum(layer) / len(layer), 4) for layer in heads["logit_std"]],
-                        heads=heads, hidden_norm=hidden_norm)
-    finally:
-        model.train(was_training)
-
-
-# -----------------------------------------------------------------------------
 # Checkpoints and logs
 
 def train_step(model, optimizer, micro_batches, grad_clip, autocast=nullcontext(), skip_nonfinite=False,
@@ -738,7 +577,7 @@ def main(argv=None):
     # the evaluation batches are drawn once and reused, so that successive evaluations are comparable
     eval_batches = {split: batches.get(split, seed=s["seed"] + 1 + k, count=s["eval_iters"] * s["batch_size"])
                     for k, split in enumerate(("train", "val"))}
-    probe = eval_batches["val"][0][: max(1, PROBE_TOKENS // s["block_size"])]  # for the saturation metrics
+    probe = eval_batches["val"][0][: max(1, norms.PROBE_TOKENS // s["block_size"])]  # for the saturation metrics
 
     @torch.no_grad()
     def evaluate():
@@ -769,7 +608,7 @@ def main(argv=None):
                          for sig in (signal.SIGINT, signal.SIGTERM)}
 
     # training loop
-    tracked, last_logged = norm_group(raw_model), None  # for the parameter-norm metrics of the step records
+    tracked, last_logged = norms.norm_group(raw_model), None  # for the parameter-norm metrics of the step records
     resumed, start_iter, start_wall = checkpoint is not None, iter_num, time.time()
     last_log_time, last_log_iter = time.time(), iter_num
     loss_sum = torch.zeros((), device=device)  # summed over the steps since the last log line
@@ -796,7 +635,7 @@ def main(argv=None):
             best_val_loss = min(best_val_loss, losses["val"])
             log(dict(iter=iter_num, tokens=iter_num * tokens_per_iter, train_loss=losses["train"],
                      val_loss=losses["val"], lr=get_lr(iter_num, s), time_s=time_s, wall_s=time.time() - start_wall,
-                     scales=scale_summary(raw_model), **(eval_metrics(raw_model, probe, s["model"]) if master else {})))
+                     scales=norms.scale_summary(raw_model), **(norms.eval_metrics(raw_model, probe, s["model"]) if master else {})))
             if master:
                 print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
                 save_checkpoint(ckpt_path, checkpoint_state())
@@ -864,7 +703,7 @@ def main(argv=None):
                           ms_per_step=ms_per_step, tokens_per_s=tokens_per_iter * 1000 / ms_per_step, time_s=time_s,
                           mfu=flops_per_step / (ms_per_step / 1000) / device_peak)
             if master:
-                record.update(norm_metrics(tracked, before_step, last_logged))
+                record.update(norms.norm_metrics(tracked, before_step, last_logged))
                 last_logged = [p.detach().float().clone() for _, p in tracked]
             log(record)
             if master:

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from conftest import TINY, run_script
+import norms
 import train
 
 
@@ -191,7 +192,7 @@ def test_gpt2_bpe_data_trains_and_samples(tmp_path, monkeypatch, tiny_shakespear
 def test_the_norm_group_holds_the_block_matrices_and_nothing_else(name):
     module = train.load_model_module(name)
     model = module.Model(module.Config(block_size=16, vocab_size=65, n_layer=2, n_head=2, n_embd=32))
-    tracked = {id(p) for _, p in train.norm_group(model)}
+    tracked = {id(p) for _, p in norms.norm_group(model)}
     names = [n for n, p in model.named_parameters() if id(p) in tracked]
     assert names and all(n.startswith("transformer.h.") and n.endswith(".weight") for n in names)
     assert all(part not in n for n in names for part in ("wte", "lm_head", "ln_", "alpha", "s_qk", "s_uv", "s_z"))

@@ -1,4 +1,4 @@
-"""train.py's saturation and attention-head metrics (Merrill et al. 2021; spec norm_growth.md sections 2, 3, 6)."""
+"""norms.py: the saturation, attention-head and parameter-norm metrics of Merrill et al. 2021 (Definition 1, secs. 3 and 4)."""
 
 import math
 
@@ -7,6 +7,7 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
+import norms
 import train
 
 SIZES = dict(block_size=32, vocab_size=65, n_layer=3, n_head=2, n_embd=32)
@@ -50,21 +51,21 @@ class ScaleInvariantNet(nn.Module):
 
 def test_a_scale_invariant_network_is_its_own_saturated_version():
     torch.manual_seed(0)
-    sat = train.saturation(ScaleInvariantNet(), probe(), "params")
+    sat = norms.saturation(ScaleInvariantNet(), probe(), "params")
     assert sat == pytest.approx([1.0, 1.0, 1.0], abs=1e-5)
 
 
 def test_a_random_init_gpt_is_far_from_its_saturated_version():
-    sat = train.saturation(fresh("gpt"), probe(), "params")
+    sat = norms.saturation(fresh("gpt"), probe(), "params")
     assert len(sat) == SIZES["n_layer"] and all(math.isfinite(s) for s in sat)
-    assert max(sat) < 0.5  # the spec's tiny GPT: 0.07 to 0.09; trained, 0.5 to 0.76
+    assert max(sat) < 0.5  # random init is far from saturated (Merrill et al., sec. 4.1, Fig. 2)
 
 
 @pytest.mark.parametrize("name", train.MODELS)
 def test_the_metrics_leave_the_live_model_as_it_was(name):
     model = fresh(name)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    train.eval_metrics(model, probe(), name)
+    norms.eval_metrics(model, probe(), name)
     assert model.training
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert all(block.attn.logit_mult == 1.0 and block.attn.record_logits is None for block in model.transformer.h)
@@ -74,14 +75,14 @@ def outputs_with_logits_times(model, idx, c):
     """The block outputs with every attention logit multiplied by c."""
     for block in model.transformer.h:
         block.attn.logit_mult = c
-    outputs = train.block_outputs(model, idx)
+    outputs = norms.block_outputs(model, idx)
     for block in model.transformer.h:
         block.attn.logit_mult = 1.0
     return outputs
 
 
 def test_the_gpt_logit_multiplier_is_the_same_as_scaling_w_q():
-    """For a bias-free GPT, logits x c equals W_q x c (spec 2.7): the multiplier reaches the right place."""
+    """For a bias-free GPT, logits x c equals W_q x c: the multiplier reaches the right place."""
     model, idx, c = fresh("gpt"), probe(), 7.0
     multiplied = outputs_with_logits_times(model, idx, c)
     params = dict(model.named_parameters())
@@ -90,7 +91,7 @@ def test_the_gpt_logit_multiplier_is_the_same_as_scaling_w_q():
         w_q_scaled = params[name].clone()
         w_q_scaled[: SIZES["n_embd"]] *= c
         params = dict(params, **{name: w_q_scaled})
-    scaled = train.block_outputs(model, idx, params)
+    scaled = norms.block_outputs(model, idx, params)
     for a, b in zip(multiplied, scaled):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
@@ -100,7 +101,7 @@ def test_the_ngpt_logit_multiplier_is_the_same_as_scaling_s_qk_by_sqrt_c():
     model, idx, c = fresh("ngpt"), probe(), 9.0
     multiplied = outputs_with_logits_times(model, idx, c)
     params = {name: p * math.sqrt(c) if name.endswith("s_qk.weight") else p for name, p in model.named_parameters()}
-    for a, b in zip(multiplied, train.block_outputs(model, idx, params)):
+    for a, b in zip(multiplied, norms.block_outputs(model, idx, params)):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
@@ -110,12 +111,12 @@ def test_a_one_hot_head_counts_one_position_and_a_uniform_head_counts_all():
     one_hot = torch.zeros(1, 1, T, T)
     one_hot[..., 3] = 1e4  # every query puts all its weight on key 3 (queries t >= t_min all see it)
     positions = torch.arange(t_min, T).float() + 1  # query t sees t + 1 keys
-    u = train.head_stats(uniform, t_min)
+    u = norms.head_stats(uniform, t_min)
     assert u["n_eff"][0] == pytest.approx(positions.mean().item(), rel=1e-4)
     assert u["f_eff"][0] == pytest.approx(1.0, rel=1e-4)
     assert u["count_c10"][0] == u["count_c100"][0] == pytest.approx(positions.mean().item())
     assert u["logit_std"][0] == pytest.approx(0.0, abs=1e-6)
-    h = train.head_stats(one_hot, t_min)
+    h = norms.head_stats(one_hot, t_min)
     assert h["n_eff"][0] == pytest.approx(1.0, abs=1e-4)
     assert h["count_c10"][0] == h["count_c100"][0] == 1.0
     assert h["f_eff"][0] == pytest.approx((1 / positions).mean().item(), rel=1e-3)
@@ -126,7 +127,7 @@ def test_head_statistics_ignore_the_future_keys():
     T, t_min = 16, 4
     logits = torch.zeros(1, 1, T, T)
     logits[..., T - 1] = 1e4  # only the last query can see the last key
-    stats = train.head_stats(logits, t_min)
+    stats = norms.head_stats(logits, t_min)
     positions = torch.arange(t_min, T).float() + 1
     expected = torch.cat((positions[:-1], torch.ones(1))).mean().item()  # uniform, except the last query: one-hot
     assert stats["n_eff"][0] == pytest.approx(expected, rel=1e-4)
@@ -134,7 +135,7 @@ def test_head_statistics_ignore_the_future_keys():
 
 @pytest.mark.parametrize("name", train.MODELS)
 def test_the_eval_metrics_have_one_value_per_layer_and_head(name):
-    metrics = train.eval_metrics(fresh(name), probe(), name)
+    metrics = norms.eval_metrics(fresh(name), probe(), name)
     L, H = SIZES["n_layer"], SIZES["n_head"]
     assert len(metrics["saturation"]) == len(metrics["saturation_attn"]) == len(metrics["attn_logit_std"]) == L
     assert all(-1 <= s <= 1 + 1e-6 for s in metrics["saturation"] + metrics["saturation_attn"])
