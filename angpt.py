@@ -29,7 +29,8 @@ the forward, so that Adam's steps on them are s_init/s_scale times larger in eff
 nu_qkv = sqrt(d_model/d_head), nu_p = 1, nu_acf = 3.74 and nu_d = sqrt(d_ff/d_model) multiply vectors that are
 normalized next, which a positive constant changes neither in value nor in gradient: each is named at its line.
 
-Choices the paper leaves open, each an option, the default measured on the CPU preset (README, "Open choices"):
+Choices the paper leaves open, each an option, the default measured on the CPU preset (results/README.md,
+"Open choices"):
   - g_shape "layer", g_init "sqrt_d_head": one gain per layer, starting where nGPT's effective gain starts.
   - s_scale 0.01 (sec. 5; Table F.2 says 0.001, nGPT uses 1/sqrt(n_embd)); s_z_init 1; alpha_init 0.05 (sec. 5.6).
   - beta2 0.95 (Table F.2; App. G uses 0.99 below 100M parameters), and the peak LR 2e-3.
@@ -48,7 +49,7 @@ from torch.nn import functional as F
 # anGPT paper, Table F.2 (nGPT/anGPT column): Adam, no weight decay (the ball bounds the weights), no warmup (the
 # weights start normalized, sec. 4.2), cosine annealing to 0.01 x peak, gradient clipping at 1.0.
 RECIPE = dict(
-    learning_rate=2e-3,  # peak LR, tuned on the CPU preset (README, "Open choices")
+    learning_rate=2e-3,  # peak LR, tuned on the CPU preset (results/README.md, "Open choices")
     min_lr_ratio=0.01,   # cosine decays to learning_rate * min_lr_ratio ("Lr Decay Factor 0.01")
     warmup_iters=0,
     weight_decay=0.0,    # the ball bounds the weights; decay would only pull them inside it

@@ -36,7 +36,7 @@ from torch.nn import functional as F
 # betas (0.9, 0.95), linear warmup, cosine annealing to a final LR of 0, gradient clipping at 1.0.
 # The paper warms up for 2000 of >=50k iterations; 100 is nanoGPT's warmup for the Shakespeare presets.
 RECIPE = dict(
-    learning_rate=2e-3,  # peak LR, tuned on the CPU preset (README, "Learning rates")
+    learning_rate=2e-3,  # peak LR, tuned on the CPU preset (results/README.md, "Learning rates")
     min_lr_ratio=0.0,    # cosine decays to learning_rate * min_lr_ratio
     warmup_iters=100,
     weight_decay=0.1,

@@ -25,7 +25,7 @@ Each run writes into --out_dir (default out/<model>):
                param_norm, param_norm_layers, rel_step, dir_cos} and an eval record every --eval_interval steps
                {iter, tokens, train_loss, val_loss, lr, time_s, wall_s, scales, hidden_norm (the mean ||h|| after
                each block), and the saturation metrics saturation, saturation_kind, saturation_attn, attn_logit_std,
-               heads} (README, "Parameter norms and saturation")
+               heads} (results/README.md, "Parameter norms and saturation")
   config.json  the resolved settings
   ckpt.pt      the latest checkpoint (model, optimizer, settings, iteration, RNG state, best val loss);
                `--resume` continues from it
