@@ -36,19 +36,11 @@ Choices where the paper and the official code differ, or where either is unclear
     on the value of h, but it changes the gradient that reaches the token embeddings (step_on_sphere).
   - alpha_init = 0.05, the code's and the paper's value ("in order of 1/n_layers"), not 1/n_layer.
   - Norm(x) = x / ||x|| without an epsilon, as the code (NVIDIA/ngpt issue #7); computed in fp32.
-  - Parameters are stored in fp32. NVIDIA's code stores the block matrices (and so Adam's moments) in bf16
-    since commit 6dcc109; its README says that "only moderately affects nGPT but greatly degrades" the GPT
-    baseline, and an fp32 reproduction (JoeLi12345/nGPT) measured 1.5-2x instead of 4x at 1k context. fp32
-    keeps the comparison with gpt.py fair. Under bf16 autocast the matmuls still run in bf16.
-  - Attention runs in the dtype of v: bf16 under autocast (NVIDIA's code always casts q, k, v to bf16 for
-    flash attention), fp32 otherwise (the goldens of tests/test_ngpt.py).
-
-Learning rate (RECIPE), tuned on the CPU preset: final val loss after 2000 steps, one run each (seed 1337) of
-  OMP_NUM_THREADS=1 python train.py --model ngpt --learning_rate LR --out_dir out/ngpt_lrLR
-  LR        1e-3    2e-3    4e-3    6e-3    8e-3    1.1e-2  1.6e-2
-  val loss  1.8006  1.7158  1.6668  1.6587  1.6417  1.6461  1.6827
-(gpt.py with its own recipe, LR 2e-3: 1.7006.) The best LR here is 4x GPT's, while the paper finds similar
-optimal LRs for both at 0.5-1B; nGPT's LR does not transfer across width or run length, so tune it per setting.
+  - Parameters are stored in fp32, which keeps the comparison with gpt.py fair. NVIDIA's code stores the block
+    matrices in bf16 since commit 6dcc109; its README says that "greatly degrades" the GPT baseline. Under bf16
+    autocast the matmuls still run in bf16, and attention runs in the dtype of v, as NVIDIA's flash attention.
+  - Peak LR 8e-3, tuned on the CPU preset (results/README.md, "Learning rates"): 4x GPT's, where the paper finds
+    similar optimal LRs for both at 0.5-1B. nGPT's LR does not transfer across width or run length.
 """
 
 import math
@@ -62,7 +54,7 @@ from torch.nn import functional as F
 # nGPT paper, Table 3 (nGPT column) and NVIDIA's train.py: Adam (AdamW with weight decay 0), no warmup, cosine
 # annealing to a final LR of 0, betas (0.9, 0.95), and gradient clipping at 1.0 (the code's; the paper is silent).
 RECIPE = dict(
-    learning_rate=8e-3,  # peak LR, tuned on the CPU preset (docstring above)
+    learning_rate=8e-3,  # peak LR, tuned on the CPU preset (results/README.md, "Learning rates")
     min_lr_ratio=0.0,    # cosine decays to learning_rate * min_lr_ratio
     warmup_iters=0,
     weight_decay=0.0,    # the sphere bounds the weights; decay would only fight the normalization
