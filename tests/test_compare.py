@@ -7,6 +7,7 @@ import pytest
 
 from conftest import TINY
 import compare
+import norms
 import train
 
 # one layer and 20 steps: enough for two distinct eval curves in a second or two per run
@@ -42,13 +43,13 @@ def test_speedup_is_baseline_steps_over_model_steps():
 
 def test_the_norm_growth_exponent_is_one_half_for_sqrt_t_and_zero_for_a_constant_norm():
     steps = np.arange(10, 2001, 10)
-    assert compare.norm_growth_exponent(steps, 3.0 * np.sqrt(steps)) == pytest.approx(0.5, abs=0.01)
-    assert compare.norm_growth_exponent(steps, np.full(len(steps), 90.5)) == pytest.approx(0.0, abs=1e-9)
-    assert compare.norm_growth_exponent(steps, 0.1 * steps) == pytest.approx(1.0, abs=0.01)
+    assert norms.norm_growth_exponent(steps, 3.0 * np.sqrt(steps)) == pytest.approx(0.5, abs=0.01)
+    assert norms.norm_growth_exponent(steps, np.full(len(steps), 90.5)) == pytest.approx(0.0, abs=1e-9)
+    assert norms.norm_growth_exponent(steps, 0.1 * steps) == pytest.approx(1.0, abs=0.01)
     # only the second half counts: a norm flat until step 1000 and growing like t afterwards has a slope near 1
     late_growth = np.where(steps < 1000, 100.0, 0.1 * steps)
-    assert compare.norm_growth_exponent(steps, late_growth) == pytest.approx(1.0, abs=0.01)
-    assert compare.norm_growth_exponent([10, 20], [1.0, 2.0]) is None
+    assert norms.norm_growth_exponent(steps, late_growth) == pytest.approx(1.0, abs=0.01)
+    assert norms.norm_growth_exponent([10, 20], [1.0, 2.0]) is None
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +105,7 @@ def test_compare_writes_a_plot_a_table_and_the_numbers_behind_it(two_runs, tmp_p
     mean_norm = np.mean([r["param_norm"] for r in gpt_runs], axis=0)
     assert models["gpt"]["norms"]["param_norm"] == pytest.approx(mean_norm.tolist())
     assert models["gpt"]["norms"]["exponent"] == pytest.approx(
-        compare.norm_growth_exponent(gpt_runs[0]["norm_iters"], mean_norm))
+        norms.norm_growth_exponent(gpt_runs[0]["norm_iters"], mean_norm))
 
     # saturation and attention heads: two plots, a table, and the per-layer values of the runs' last eval records
     for name in ("saturation.png", "heads.png"):
@@ -133,7 +134,7 @@ def test_runs_are_named_by_the_variant_their_settings_match():
 
 def test_heads_are_argmax_like_mean_like_or_in_between():
     heads = dict(count_c10=[1.0, 1.4, 30.0, 4.0], f_eff=[0.02, 0.03, 0.9, 0.2])
-    assert compare.head_classes(heads) == (2, 1, 1)
+    assert norms.head_classes(heads) == (2, 1, 1)
 
 
 def test_a_target_that_no_curve_reaches_is_reported_as_not_reached(two_runs, tmp_path):
