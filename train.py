@@ -457,6 +457,55 @@ def fmt_duration(seconds):
 SYSTEM_KEYS = ("device", "dtype", "compile", "out_dir", "resume", "max_iters_per_launch", "skip_nonfinite")
 
 
+def checkpoint_to_resume(s, given, out_dir):
+    """The checkpoint that --resume continues, its settings merged into s (options given now override all but the
+    model's shape), or None for a new run, which must find no run in out_dir. Checks that out_dir is writable."""
+    ckpt_path, log_path = out_dir / "ckpt.pt", out_dir / "log.jsonl"
+    checkpoint = None
+    if s["resume"]:
+        if not ckpt_path.exists():
+            raise ConfigError(f"--resume: no checkpoint at {ckpt_path}")
+        checkpoint = load_checkpoint(ckpt_path)
+        if checkpoint.get("model_name") != s["model"]:
+            raise ConfigError(f"--resume: {ckpt_path} holds a {checkpoint.get('model_name')} model, not {s['model']}")
+        saved = checkpoint["settings"]
+        changed = [f"--{k} {v} (checkpoint: {saved[k]})" for k, v in given.items()
+                   if k in checkpoint["model_config"] and v != saved[k]]
+        if changed:
+            raise ConfigError(f"--resume: the checkpoint was trained with other model settings: {', '.join(changed)}; "
+                              f"drop them or start a new run in another --out_dir")
+        s.update({k: v for k, v in saved.items() if k not in SYSTEM_KEYS})
+        s.update({k: v for k, v in given.items() if k != "device"})
+    elif ckpt_path.exists() or log_path.exists():
+        raise ConfigError(f"{out_dir} already holds a run; continue it with --resume, or use another --out_dir "
+                          f"(nothing was changed)")
+    existing = next(p for p in (out_dir, *out_dir.resolve().parents) if p.exists())
+    if not (existing.is_dir() and os.access(existing, os.W_OK)):
+        raise ConfigError(f"cannot write to --out_dir {out_dir}: {existing} is not a writable folder")
+    return checkpoint
+
+
+@torch.no_grad()
+def evaluate(model, eval_batches, s, autocast, rank=0, world_size=1):
+    """The mean loss on each split's fixed evaluation batches, shared out over the processes (summed with
+    all_reduce under DDP). model is the raw model, neither compiled nor DDP-wrapped; it is left in training mode."""
+    model.eval()
+    out = {}
+    for split, (x, y) in eval_batches.items():
+        total = torch.zeros(2, device=x.device)  # (sum of losses, count) over this process's share
+        for i in range(rank, s["eval_iters"], world_size):
+            rows = slice(i * s["batch_size"], (i + 1) * s["batch_size"])
+            with autocast:
+                _, loss = model(x[rows], y[rows])
+            total += torch.stack((loss.float(), torch.ones((), device=x.device)))
+        if world_size > 1:
+            dist.all_reduce(total)
+        out[split] = (total[0] / total[1]).item()
+    model.train()
+    return out
+
+
+
 def main(argv=None):
     s, module, given = resolve_settings(argv)
 
@@ -494,28 +543,7 @@ def main(argv=None):
     autocast = (nullcontext() if s["dtype"] == "float32"
                 else torch.autocast(device_type=device_type, dtype=torch.bfloat16))
 
-    checkpoint = None
-    if s["resume"]:
-        if not ckpt_path.exists():
-            raise ConfigError(f"--resume: no checkpoint at {ckpt_path}")
-        checkpoint = load_checkpoint(ckpt_path)
-        if checkpoint.get("model_name") != s["model"]:
-            raise ConfigError(f"--resume: {ckpt_path} holds a {checkpoint.get('model_name')} model, not {s['model']}")
-        # the run continues with its own settings; options given now override all but the model's shape
-        saved = checkpoint["settings"]
-        changed = [f"--{k} {v} (checkpoint: {saved[k]})" for k, v in given.items()
-                   if k in checkpoint["model_config"] and v != saved[k]]
-        if changed:
-            raise ConfigError(f"--resume: the checkpoint was trained with other model settings: {', '.join(changed)}; "
-                              f"drop them or start a new run in another --out_dir")
-        s.update({k: v for k, v in saved.items() if k not in SYSTEM_KEYS})
-        s.update({k: v for k, v in given.items() if k != "device"})
-    elif ckpt_path.exists() or log_path.exists():
-        raise ConfigError(f"{out_dir} already holds a run; continue it with --resume, or use another --out_dir "
-                          f"(nothing was changed)")
-    existing = next(p for p in (out_dir, *out_dir.resolve().parents) if p.exists())
-    if not (existing.is_dir() and os.access(existing, os.W_OK)):
-        raise ConfigError(f"cannot write to --out_dir {out_dir}: {existing} is not a writable folder")
+    checkpoint = checkpoint_to_resume(s, given, out_dir)
 
     # data
     folder = dataset_dir(s) if master else Path(s["data_dir"]) / s["dataset"]
@@ -579,23 +607,6 @@ def main(argv=None):
                     for k, split in enumerate(("train", "val"))}
     probe = eval_batches["val"][0][: max(1, norms.PROBE_TOKENS // s["block_size"])]  # for the saturation metrics
 
-    @torch.no_grad()
-    def evaluate():
-        model.eval()
-        out = {}
-        for split, (x, y) in eval_batches.items():
-            total = torch.zeros(2, device=device)  # (sum of losses, count) over this process's share
-            for i in range(rank, s["eval_iters"], world_size):
-                rows = slice(i * s["batch_size"], (i + 1) * s["batch_size"])
-                with autocast:
-                    _, loss = raw_model(x[rows], y[rows])
-                total += torch.stack((loss.float(), torch.ones((), device=device)))
-            if ddp:
-                dist.all_reduce(total)
-            out[split] = (total[0] / total[1]).item()
-        model.train()
-        return out
-
     def checkpoint_state():
         return dict(model=raw_model.state_dict(), optimizer=optimizer.state_dict(), model_name=s["model"],
                     model_config=dataclasses.asdict(raw_model.config), settings=s, iter_num=iter_num,
@@ -631,7 +642,7 @@ def main(argv=None):
         # evaluate and checkpoint every eval_interval steps and at the end (the resumed start was done already)
         if (iter_num % s["eval_interval"] == 0 or iter_num == s["max_iters"]) and not (resumed and iter_num == start_iter):
             stop_if_nonfinite()
-            losses = evaluate()
+            losses = evaluate(raw_model, eval_batches, s, autocast, rank, world_size)
             best_val_loss = min(best_val_loss, losses["val"])
             log(dict(iter=iter_num, tokens=iter_num * tokens_per_iter, train_loss=losses["train"],
                      val_loss=losses["val"], lr=get_lr(iter_num, s), time_s=time_s, wall_s=time.time() - start_wall,
