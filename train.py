@@ -457,6 +457,35 @@ def fmt_duration(seconds):
 SYSTEM_KEYS = ("device", "dtype", "compile", "out_dir", "resume", "max_iters_per_launch", "skip_nonfinite")
 
 
+def start_processes(s):
+    """(ddp, rank, world_size). Under torchrun, which sets RANK, LOCAL_RANK and WORLD_SIZE, one process per GPU
+    (NCCL; s["device"] becomes this process's GPU) or per CPU process (gloo); else one process."""
+    if int(os.environ.get("RANK", -1)) == -1:
+        return False, 0, 1
+    dist.init_process_group(backend="nccl" if s["device"].startswith("cuda") else "gloo")
+    if s["device"].startswith("cuda"):
+        s["device"] = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+        torch.cuda.set_device(s["device"])
+    return True, dist.get_rank(), dist.get_world_size()
+
+
+def build_model(module, model_args, s, device, checkpoint=None):
+    """(model, optimizer): fresh, or as the checkpoint left them, with the RNG state it saved."""
+    model = module.Model(module.Config(**model_args)).to(device)
+    optimizer = torch.optim.AdamW(model.optimizer_groups(s["weight_decay"]), lr=s["learning_rate"],
+                                  betas=(s["beta1"], s["beta2"]), eps=s["eps"], fused=device.startswith("cuda"))
+    if checkpoint is None:
+        model.after_step()  # nGPT and anGPT: weights on the sphere / in the ball before the first step
+        return model, optimizer
+    # not after_step() on resume: normalizing normalized weights again moves their last bits
+    model.load_state_dict(checkpoint["model"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    torch.set_rng_state(checkpoint["rng_cpu"])
+    if device.startswith("cuda") and checkpoint.get("rng_cuda") is not None:
+        torch.cuda.set_rng_state(checkpoint["rng_cuda"])
+    return model, optimizer
+
+
 def checkpoint_to_resume(s, given, out_dir):
     """The checkpoint that --resume continues, its settings merged into s (options given now override all but the
     model's shape), or None for a new run, which must find no run in out_dir. Checks that out_dir is writable."""
@@ -509,17 +538,7 @@ def evaluate(model, eval_batches, s, autocast, rank=0, world_size=1):
 def main(argv=None):
     s, module, given = resolve_settings(argv)
 
-    # DDP: torchrun sets RANK, LOCAL_RANK and WORLD_SIZE; one process per GPU (or per CPU process with gloo)
-    ddp = int(os.environ.get("RANK", -1)) != -1
-    if ddp:
-        backend = "nccl" if s["device"].startswith("cuda") else "gloo"
-        dist.init_process_group(backend=backend)
-        rank, world_size = dist.get_rank(), dist.get_world_size()
-        if s["device"].startswith("cuda"):
-            s["device"] = f"cuda:{int(os.environ['LOCAL_RANK'])}"
-            torch.cuda.set_device(s["device"])
-    else:
-        rank, world_size = 0, 1
+    ddp, rank, world_size = start_processes(s)
     master = rank == 0
     if s["gradient_accumulation_steps"] % world_size != 0:
         raise ConfigError(f"gradient_accumulation_steps ({s['gradient_accumulation_steps']}) must be a multiple "
@@ -559,19 +578,10 @@ def main(argv=None):
     if checkpoint is not None and model_args != checkpoint["model_config"]:
         raise ConfigError(f"--resume: the data in {folder} gives vocab_size {vocab_size}, but the checkpoint was "
                           f"trained with {checkpoint['model_config']['vocab_size']}")
-    model = module.Model(module.Config(**model_args)).to(device)
-    optimizer = torch.optim.AdamW(model.optimizer_groups(s["weight_decay"]), lr=s["learning_rate"], betas=(s["beta1"], s["beta2"]),
-                                  eps=s["eps"], fused=device_type == "cuda")
+    model, optimizer = build_model(module, model_args, s, device, checkpoint)
     iter_num, best_val_loss, time_s = 0, float("inf"), 0.0
     if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
         iter_num, best_val_loss, time_s = checkpoint["iter_num"], checkpoint["best_val_loss"], checkpoint["time_s"]
-        torch.set_rng_state(checkpoint["rng_cpu"])
-        if device_type == "cuda" and checkpoint.get("rng_cuda") is not None:
-            torch.cuda.set_rng_state(checkpoint["rng_cuda"])
-    if checkpoint is None:  # nGPT and anGPT: weights on the sphere / in the ball before the first step. Not on
-        model.after_step()  # resume: normalizing normalized weights again moves their last bits
     raw_model = model
     if s["compile"]:
         model = torch.compile(model)
