@@ -101,7 +101,8 @@ def test_after_training_q_k_and_the_block_outputs_are_still_unit_vectors(trained
 def test_after_training_h_stays_near_unit_norm(trained, monkeypatch):
     # h is the one representation anGPT does not normalize: nu(alpha) is exact for independent h and h_block, and
     # trained blocks are not independent of their input. Measured after these 300 steps: 1.24 and 1.44 after the two
-    # blocks (the earlier reading of the paper, without exact norms: 1.9 and 6.7; the README has the CPU preset's)
+    # blocks (the earlier reading of the paper, without exact norms: 1.9 and 6.7). results/README.md states this range
+    # beside the CPU preset's
     model, x = trained
     hidden = inside_the_forward(model, x, monkeypatch)["h"]
     assert all(1.1 <= n <= 1.6 for n in hidden), f"mean ||h|| after each block: {hidden}"
