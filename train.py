@@ -300,8 +300,10 @@ class Batches:
     def get(self, split, seed, count):
         """`count` sequences (x, y), each (count, block_size), drawn with the given seed."""
         x, y = token_windows(self.tokens(split), self.block_size, count, seed)
-        for ids in (x, y):
-            self.check_ids(split, ids)  # on the host, before the copy to the device: no sync
+        # y and the first column of x hold every id of the windows; checked on the host, before the copy to the
+        # device: no sync
+        self.check_ids(split, y)
+        self.check_ids(split, x[:, :1])
         if self.device.startswith("cuda"):
             # pinned memory lets the copy to the GPU run asynchronously
             return x.pin_memory().to(self.device, non_blocking=True), y.pin_memory().to(self.device, non_blocking=True)
@@ -385,7 +387,8 @@ def train_step(model, optimizer, micro_batches, grad_clip, autocast=nullcontext(
     DDP (which then averages the gradients over processes on the last micro-batch only); raw_model is the model
     inside it. With skip_nonfinite, a step whose loss or gradient is not finite is not taken, which costs a host
     sync. Returns (loss, grad_norm, taken); loss and grad_norm are tensors on the device."""
-    raw_model = raw_model or model
+    if raw_model is None:
+        raw_model = model
     step_loss = torch.zeros((), device=micro_batches[0][0].device)
     for i, (x, y) in enumerate(micro_batches):
         last = i == len(micro_batches) - 1
