@@ -80,7 +80,7 @@ from torch.nn import functional as F
 
 import norms
 import train
-from variants import ARCHITECTURES, COLORS, VARIANTS, label
+from variants import ARCHITECTURES, COLORS, VARIANTS, label, read_log, read_run_log, run_folders, variant_of
 
 # -----------------------------------------------------------------------------
 # What is compared (the models themselves: variants.py) and how
@@ -104,19 +104,6 @@ TOKENS_PER_FORWARD = 8192
 # options compare.py sets itself for every run, with what to use instead
 OWN_OPTIONS = {"--model": "--models", "--seed": "--seeds", "--out_dir": "compare.py's --out_dir",
                "--max_iters": "--iters", "--resume": "the same command again"}
-
-
-def variant_of(config):
-    """The VARIANTS key of a run: the most specific variant whose model file and options its settings match."""
-    def matches(options):
-        for option, text in zip(options[::2], options[1::2]):
-            value = config.get(option[2:], train.DEFAULTS.get(option[2:]))  # older runs lack newer options
-            wanted = train.parse_bool(text) if isinstance(value, bool) else type(value)(text)
-            if value != wanted:
-                return False
-        return True
-    found = [key for key, (model, options, _) in VARIANTS.items() if model == config["model"] and matches(options)]
-    return max(found, key=lambda key: len(VARIANTS[key][1])) if found else config["model"]
 
 
 # -----------------------------------------------------------------------------
@@ -177,11 +164,7 @@ def mean_curve(runs):
 # Reading train.py runs
 
 def read_run(folder):
-    folder = Path(folder)
-    config = json.loads((folder / "config.json").read_text())
-    records = train.read_log(folder / "log.jsonl")
-    evals = {r["iter"]: r for r in records if "val_loss" in r}  # by step: a resumed run may repeat one
-    evals = [evals[it] for it in sorted(evals)]
+    config, records, evals = read_run_log(folder)
     steps = [r for r in records if "ms_per_step" in r][1:]  # the first includes warm-up and compilation
     if not evals:
         raise train.ConfigError(f"{folder}/log.jsonl has no eval records yet")
@@ -195,16 +178,11 @@ def read_run(folder):
 
 
 def find_runs(folders):
-    """Run folders (with a log.jsonl), or folders holding run folders, such as compare.py's runs/."""
-    found = []
-    for folder in map(Path, folders):
-        if (folder / "log.jsonl").exists():
-            found.append(folder)
-        else:
-            found += sorted(p.parent for p in folder.glob("*/log.jsonl"))
-            if not any(folder.glob("*/log.jsonl")):
-                raise train.ConfigError(f"--runs {folder}: no log.jsonl in it or in its subfolders")
-    return [read_run(f) for f in found]
+    """The runs in these folders (run folders, or folders holding them)."""
+    try:
+        return [read_run(f) for f in run_folders(folders)]
+    except FileNotFoundError as e:
+        raise train.ConfigError(str(e))
 
 
 # -----------------------------------------------------------------------------
@@ -255,7 +233,7 @@ def train_run(argv, title):
     folder = Path(s["out_dir"])
     if (folder / "config.json").exists():
         check_same_settings(folder, s)
-        done = [r for r in train.read_log(folder / "log.jsonl") if "val_loss" in r and r["iter"] == s["max_iters"]]
+        done = [r for r in read_log(folder / "log.jsonl") if "val_loss" in r and r["iter"] == s["max_iters"]]
         if done:
             print(f"=== {title}: reusing the complete run in {folder}")
             return dict(val_loss=done[-1]["val_loss"])
@@ -321,7 +299,7 @@ def sweep_point(argv, title):
             reason = "train.py stopped: " + str(e).split(";")[0]
             print(f"{title}: diverged ({reason})")
             marker.write_text(reason + "\n")
-    evals = {r["iter"]: r for r in train.read_log(folder / "log.jsonl") if "val_loss" in r}
+    evals = {r["iter"]: r for r in read_log(folder / "log.jsonl") if "val_loss" in r}
     evals = [evals[it] for it in sorted(evals)]
     losses = [r["val_loss"] for r in evals]
     reason = reason or divergence(losses)
@@ -1095,13 +1073,7 @@ def main(argv=None):
     out_dir.mkdir(parents=True, exist_ok=True)
     plot(models, out_dir / "convergence.png", args.log_x, title)
     written = [out_dir / "convergence.png"]
-    if all(m["norms"] for m in models.values()):
-        norms.plot_norms(models, out_dir / "norms.png", title.replace("Validation loss. ", "Parameter norm, "))
-        written.append(out_dir / "norms.png")
-    if all(m["saturation"] for m in models.values()):
-        norms.plot_saturation(models, out_dir / "saturation.png", title.replace("Validation loss. ", "Saturation, "))
-        norms.plot_heads(models, out_dir / "heads.png", title.replace("Validation loss. ", "Attention heads, "))
-        written += [out_dir / "saturation.png", out_dir / "heads.png"]
+    written += norms.plot_all(models, out_dir, title.replace("Validation loss. ", ""))
     table = markdown(models, settings, lr_sweep_losses, command)
     (out_dir / "results.md").write_text(table)
     sweep = {k: dict(best=min(v, key=v.get), final_val_loss={repr(lr): loss if math.isfinite(loss) else None

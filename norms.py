@@ -8,15 +8,23 @@ from Gradient Descent" (EMNLP 2021), as train.py logs them for every model:
   attention-logit std and the head statistics (argmax-like and mean-like heads, secs. 4.2 and 4.3), the learned
   scales, and the mean ||h|| after each block.
 
-train.py calls the metrics and needs nothing else from here; compare.py calls the reports at the end of this
-file (tables and plots of these metrics over finished runs). It imports neither of them.
+train.py calls the metrics and needs nothing else from here. The reports at the end of this file tabulate and plot
+them over finished runs (compare.py adds them to its results), and so does this file as a script:
+$ python norms.py --runs results/norms/runs --out_dir norms_out
+writes norms.png (parameter norm against steps, log-log), saturation.png (per layer, and the attention-logit std over
+training), heads.png (histograms over the heads) and results.md (the tables), for runs of any model.
 """
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch.nn import functional as F
 
-from variants import COLORS
+from variants import COLORS, VARIANTS, label, read_run_log, run_folders, variant_of
 
 
 # -----------------------------------------------------------------------------
@@ -181,7 +189,7 @@ def eval_metrics(model, idx, model_name):
 
 
 # -----------------------------------------------------------------------------
-# Reports: these metrics over finished runs, for compare.py (tables, plots). Runs are compare.py's read_run dicts.
+# Reports: these metrics over finished runs (tables, plots). A run is a dict with at least run_fields' fields.
 
 def run_fields(records, evals):
     """The fields of these metrics in one run: from its log records and its eval records (sorted by step, one per
@@ -428,3 +436,57 @@ def markdown(models):
         lines += ["", "The residual stream after each block, mean over the tokens of the fixed validation batch of the "
                   "saturation metrics, mean over seeds. Init: the first evaluation, of the fresh model.", ""]
     return lines
+
+
+def plot_all(models, out_dir, title):
+    """The plots above that every model has the metrics for, into out_dir; their paths. `title` names the runs."""
+    written = []
+    if all(m["norms"] for m in models.values()):
+        plot_norms(models, Path(out_dir) / "norms.png", "Parameter norm, " + title)
+        written.append(Path(out_dir) / "norms.png")
+    if all(m["saturation"] for m in models.values()):
+        plot_saturation(models, Path(out_dir) / "saturation.png", "Saturation, " + title)
+        plot_heads(models, Path(out_dir) / "heads.png", "Attention heads, " + title)
+        written += [Path(out_dir) / "saturation.png", Path(out_dir) / "heads.png"]
+    return written
+
+
+# -----------------------------------------------------------------------------
+# As a script: the reports of finished train.py runs
+
+def read_run(folder):
+    config, records, evals = read_run_log(folder)
+    return dict(key=variant_of(config), seed=config["seed"], config=config, **run_fields(records, evals))
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    p = argparse.ArgumentParser(prog="norms.py", description=__doc__.split("\n\n")[0].strip())
+    p.add_argument("--runs", nargs="+", required=True, help="train.py run folders, or folders holding them")
+    p.add_argument("--out_dir", default="norms_out", help="default: norms_out")
+    args = p.parse_args(argv)
+    try:
+        runs = [read_run(folder) for folder in run_folders(args.runs)]
+    except FileNotFoundError as e:
+        p.error(str(e))
+    keys = [k for k in VARIANTS if any(r["key"] == k for r in runs)]
+    keys += sorted({r["key"] for r in runs} - set(keys))
+    models = {k: dict(label=label(k), seeds=[r["seed"] for r in runs if r["key"] == k],
+                      **aggregates([r for r in runs if r["key"] == k])) for k in keys}
+    c = runs[0]["config"]
+    n_seeds = max(len(m["seeds"]) for m in models.values())
+    title = (f"{c['preset']} preset: {c['dataset']}, {c['n_layer']} layers, width {c['n_embd']}, "
+             f"{max(r['config']['max_iters'] for r in runs)} steps, {n_seeds} seed{'s' * (n_seeds > 1)}")
+    Path(args.out_dir).mkdir(parents=True, exist_ok=True)
+    written = plot_all(models, args.out_dir, title)
+    lines = markdown(models)
+    if not lines:
+        p.error("these runs were logged without the norm-growth metrics: train them again with this train.py")
+    command = "python norms.py " + shlex.join(argv)
+    text = "\n".join([f"# Norm growth and saturation: {title}", "", *lines, "## Command", "", "```sh", command, "```", ""])
+    (Path(args.out_dir) / "results.md").write_text(text)
+    print("wrote " + ", ".join(map(str, [*written, Path(args.out_dir) / "results.md"])))
+
+
+if __name__ == "__main__":
+    main()

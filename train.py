@@ -51,6 +51,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import norms
 import prepare_data
+from variants import read_log
 
 HERE = Path(__file__).resolve().parent
 
@@ -443,11 +444,6 @@ def load_trained_model(path, device="cpu"):
     except (TypeError, AssertionError, RuntimeError) as e:  # saved by another version of the model file
         raise ConfigError(f"{path} does not fit {name}.py as it is now: {str(e).splitlines()[0][:200]}")
     return model.to(device).eval(), checkpoint
-
-
-def read_log(path):
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 def fmt_duration(seconds):

@@ -1,7 +1,11 @@
 """
-The models that compare.py and bench.py put side by side: a model file and the train.py options that make each
-one, with its name and colour in the tables and plots. Defined once, here, for every script that shows them.
+The models that compare.py, norms.py and bench.py put side by side: a model file and the train.py options that make
+each one, with its name and colour in the tables and plots; and how to find and name the runs train.py wrote. Defined
+once, here, below every script that uses them.
 """
+
+import json
+from pathlib import Path
 
 # key: (model file, train.py options, name in tables and plots)
 VARIANTS = {
@@ -28,3 +32,44 @@ def config_options(key):
     assert key in ARCHITECTURES, f"{key} differs from its model file in train.py settings, not in the model"
     options = VARIANTS[key][1]
     return {option[2:]: value for option, value in zip(options[::2], options[1::2])}
+
+
+def variant_of(config):
+    """The VARIANTS key of a run's settings (its config.json): the most specific variant whose model file and
+    options they match. A run that lacks an option (logged before the option existed) does not match it."""
+    def matches(options):
+        for option, text in zip(options[::2], options[1::2]):
+            value = config.get(option[2:])
+            if value is None or value != ((text == "true") if isinstance(value, bool) else type(value)(text)):
+                return False
+        return True
+    found = [key for key, (model, options, _) in VARIANTS.items() if model == config["model"] and matches(options)]
+    return max(found, key=lambda key: len(VARIANTS[key][1])) if found else config["model"]
+
+
+def read_log(path):
+    """A train.py log.jsonl: its records, one dict per line."""
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def run_folders(paths):
+    """train.py run folders (with a log.jsonl) among `paths`, or inside them, such as compare.py's runs/."""
+    found = []
+    for path in map(Path, paths):
+        if (path / "log.jsonl").exists():
+            found.append(path)
+        elif any(path.glob("*/log.jsonl")):
+            found += sorted(p.parent for p in path.glob("*/log.jsonl"))
+        else:
+            raise FileNotFoundError(f"--runs {path}: no log.jsonl in it or in its subfolders")
+    return found
+
+
+def read_run_log(folder):
+    """A run folder's settings, log records, and eval records (sorted by step, one per step: a resumed run may
+    repeat one)."""
+    config = json.loads((Path(folder) / "config.json").read_text())
+    records = read_log(Path(folder) / "log.jsonl")
+    evals = {r["iter"]: r for r in records if "val_loss" in r}
+    return config, records, [evals[it] for it in sorted(evals)]

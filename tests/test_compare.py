@@ -41,17 +41,6 @@ def test_speedup_is_baseline_steps_over_model_steps():
     assert compare.speedup(baseline, model) == pytest.approx(1.5)
 
 
-def test_the_norm_growth_exponent_is_one_half_for_sqrt_t_and_zero_for_a_constant_norm():
-    steps = np.arange(10, 2001, 10)
-    assert norms.norm_growth_exponent(steps, 3.0 * np.sqrt(steps)) == pytest.approx(0.5, abs=0.01)
-    assert norms.norm_growth_exponent(steps, np.full(len(steps), 90.5)) == pytest.approx(0.0, abs=1e-9)
-    assert norms.norm_growth_exponent(steps, 0.1 * steps) == pytest.approx(1.0, abs=0.01)
-    # only the second half counts: a norm flat until step 1000 and growing like t afterwards has a slope near 1
-    late_growth = np.where(steps < 1000, 100.0, 0.1 * steps)
-    assert norms.norm_growth_exponent(steps, late_growth) == pytest.approx(1.0, abs=0.01)
-    assert norms.norm_growth_exponent([10, 20], [1.0, 2.0]) is None
-
-
 @pytest.fixture(scope="module")
 def two_runs(char_dataset, tmp_path_factory):
     """Two tiny train.py runs that differ in their model: GPT and GPT+QK-norm."""
@@ -98,43 +87,12 @@ def test_compare_writes_a_plot_a_table_and_the_numbers_behind_it(two_runs, tmp_p
     assert gpt_vs_qk["steps_to_target"] == compare.steps_to_reach(base_iters, base_losses, qk_losses[-1])
     assert "## Against each baseline" in table
 
-    # the parameter norms: a plot, a table, and an exponent recomputable from the stored per-run series
-    assert (out / "norms.png").read_bytes().startswith(PNG_SIGNATURE)
-    assert "| model | first logged | final | final / first | late log-log slope |" in table
-    gpt_runs = [r for r in results["runs"] if r["key"] == "gpt"]
-    mean_norm = np.mean([r["param_norm"] for r in gpt_runs], axis=0)
-    assert models["gpt"]["norms"]["param_norm"] == pytest.approx(mean_norm.tolist())
-    assert models["gpt"]["norms"]["exponent"] == pytest.approx(
-        norms.norm_growth_exponent(gpt_runs[0]["norm_iters"], mean_norm))
-
-    # saturation and attention heads: two plots, a table, and the per-layer values of the runs' last eval records
-    for name in ("saturation.png", "heads.png"):
+    # the norm-growth paper's plots and tables (norms.py's reports, tested in test_norms.py) come along
+    for name in ("norms.png", "saturation.png", "heads.png"):
         assert (out / name).read_bytes().startswith(PNG_SIGNATURE)
-    assert "## Saturation and attention heads" in table and "| GPT | all parameters x 1000 | " in table
-    final_evals = [train.read_log(two_runs / "a" / "log.jsonl")[-1]]
-    assert models["gpt"]["saturation"]["final"] == pytest.approx(final_evals[0]["saturation"], abs=1e-5)
-    assert models["gpt"]["saturation"]["first_iter"] == 0  # the fresh model: the random-init reference
-    assert len(models["gpt"]["saturation"]["heads_final"]["n_eff"]) == 1 * 2  # layers x heads, one seed
-    # the hidden-state norm after each block, from the same eval records
-    assert "## Hidden-state norm" in table
-    assert models["gpt"]["hidden_norm"]["final"] == pytest.approx(final_evals[0]["hidden_norm"], abs=1e-4)
-
-
-def test_runs_are_named_by_the_variant_their_settings_match():
-    gpt = train.resolve_settings(["--model", "gpt"])[0]
-    assert compare.variant_of(gpt) == "gpt"
-    assert compare.variant_of(dict(gpt, qk_norm="true")) == "gpt_qk"
-    assert compare.variant_of(dict(gpt, qk_norm="rms")) == "gpt_qk_rms"
-    assert compare.variant_of(dict(gpt, weight_decay=0.0, decay_lr=False)) == "gpt_const"
-    assert compare.variant_of(dict(gpt, weight_decay=0.0)) == "gpt"  # decaying LR: not the sqrt(t) setting
-    older = {k: v for k, v in gpt.items() if k != "decay_lr"}  # a run logged before --decay_lr existed
-    assert compare.variant_of(older) == "gpt"
-    assert compare.variant_of(train.resolve_settings(["--model", "ngpt"])[0]) == "ngpt"
-
-
-def test_heads_are_argmax_like_mean_like_or_in_between():
-    heads = dict(count_c10=[1.0, 1.4, 30.0, 4.0], f_eff=[0.02, 0.03, 0.9, 0.2])
-    assert norms.head_classes(heads) == (2, 1, 1)
+    for section in ("## Parameter norm", "## Saturation and attention heads", "## Hidden-state norm"):
+        assert section in table
+    assert models["gpt"]["norms"] == norms.mean_norm_curve([r for r in results["runs"] if r["key"] == "gpt"])
 
 
 def test_a_target_that_no_curve_reaches_is_reported_as_not_reached(two_runs, tmp_path):

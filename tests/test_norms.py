@@ -2,13 +2,17 @@
 
 import math
 
+import numpy as np
+
 import pytest
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
+from conftest import TINY
 import norms
 import train
+import variants
 
 SIZES = dict(block_size=32, vocab_size=65, n_layer=3, n_head=2, n_embd=32)
 
@@ -148,3 +152,50 @@ def test_the_eval_metrics_have_one_value_per_layer_and_head(name):
     assert all(f > 0.99 for f in f_eff) if name == "gpt" else all(0.5 < f < 0.95 for f in f_eff)
     assert all(s < 0.05 for s in metrics["attn_logit_std"]) if name == "gpt" else all(
         0.7 < s < 1.3 for s in metrics["attn_logit_std"])
+
+
+def test_the_norm_growth_exponent_is_one_half_for_sqrt_t_and_zero_for_a_constant_norm():
+    steps = np.arange(10, 2001, 10)
+    assert norms.norm_growth_exponent(steps, 3.0 * np.sqrt(steps)) == pytest.approx(0.5, abs=0.01)
+    assert norms.norm_growth_exponent(steps, np.full(len(steps), 90.5)) == pytest.approx(0.0, abs=1e-9)
+    assert norms.norm_growth_exponent(steps, 0.1 * steps) == pytest.approx(1.0, abs=0.01)
+    # only the second half counts: a norm flat until step 1000 and growing like t afterwards has a slope near 1
+    late_growth = np.where(steps < 1000, 100.0, 0.1 * steps)
+    assert norms.norm_growth_exponent(steps, late_growth) == pytest.approx(1.0, abs=0.01)
+    assert norms.norm_growth_exponent([10, 20], [1.0, 2.0]) is None
+
+
+def test_heads_are_argmax_like_mean_like_or_in_between():
+    heads = dict(count_c10=[1.0, 1.4, 30.0, 4.0], f_eff=[0.02, 0.03, 0.9, 0.2])
+    assert norms.head_classes(heads) == (2, 1, 1)
+
+
+def test_norms_py_plots_and_tabulates_finished_runs(char_dataset, tmp_path):
+    data_dir, name = char_dataset
+    for model in ("gpt", "ngpt"):
+        train.main(["--model", model, *TINY, "--n_layer", "1", "--max_iters", "20", "--eval_interval", "5", "--log_interval", "1",
+                    "--data_dir", data_dir, "--dataset", name, "--out_dir", str(tmp_path / "runs" / model)])
+    out = tmp_path / "out"
+    norms.main(["--runs", str(tmp_path / "runs"), "--out_dir", str(out)])
+
+    for png in ("norms.png", "saturation.png", "heads.png"):
+        assert (out / png).read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    table = (out / "results.md").read_text()
+    assert "\n| GPT | all parameters x 1000 | " in table and "\n| nGPT | attention logits x 100 | " in table
+    # every number recomputed from the logs: the norm curve, its late slope, the last saturation and ||h||
+    records = variants.read_log(tmp_path / "runs" / "gpt" / "log.jsonl")
+    steps = [r for r in records if "param_norm" in r]
+    last_eval = [r for r in records if "val_loss" in r][-1]
+    exponent = norms.norm_growth_exponent([r["iter"] for r in steps], [r["param_norm"] for r in steps])
+    final_norm = f"| GPT | {steps[0]['param_norm']:.1f} (step {steps[0]['iter'] + 1}) | {steps[-1]['param_norm']:.1f} |"
+    assert final_norm in table and f"| {exponent:.3f} |" in table
+    saturation = " ".join(f"{v:.2f}" for v in last_eval["saturation"])
+    assert f" -> {saturation} |" in table
+    assert " -> " + " ".join(f"{v:.2f}" for v in last_eval["hidden_norm"]) + " |" in table
+    assert "python norms.py --runs" in table
+
+
+def test_norms_py_names_a_folder_without_runs(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        norms.main(["--runs", str(tmp_path)])
+    assert f"--runs {tmp_path}: no log.jsonl in it or in its subfolders" in capsys.readouterr().err

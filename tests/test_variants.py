@@ -32,3 +32,26 @@ def test_each_architecture_builds_from_its_config_options(key):
 def test_recipe_variants_have_no_config_options():
     with pytest.raises(AssertionError, match="gpt_const"):
         variants.config_options("gpt_const")
+
+
+def test_runs_are_named_by_the_variant_their_settings_match():
+    gpt = train.resolve_settings(["--model", "gpt"])[0]
+    assert variants.variant_of(gpt) == "gpt"
+    assert variants.variant_of(dict(gpt, qk_norm="true")) == "gpt_qk"
+    assert variants.variant_of(dict(gpt, qk_norm="rms")) == "gpt_qk_rms"
+    assert variants.variant_of(dict(gpt, weight_decay=0.0, decay_lr=False)) == "gpt_const"
+    assert variants.variant_of(dict(gpt, weight_decay=0.0)) == "gpt"  # decaying LR: not the sqrt(t) setting
+    older = {k: v for k, v in gpt.items() if k != "decay_lr"}  # a run logged before --decay_lr existed
+    assert variants.variant_of(older) == "gpt"
+    assert variants.variant_of(train.resolve_settings(["--model", "ngpt"])[0]) == "ngpt"
+
+
+def test_run_folders_finds_runs_and_names_a_folder_without_any(tmp_path):
+    for name in ("gpt-s0", "ngpt-s0"):
+        (tmp_path / "runs" / name).mkdir(parents=True)
+        (tmp_path / "runs" / name / "log.jsonl").write_text('{"iter": 0}\n\n{"iter": 1}\n')
+    assert variants.run_folders([tmp_path / "runs"]) == [tmp_path / "runs" / "gpt-s0", tmp_path / "runs" / "ngpt-s0"]
+    assert variants.run_folders([tmp_path / "runs" / "ngpt-s0"]) == [tmp_path / "runs" / "ngpt-s0"]
+    assert variants.read_log(tmp_path / "runs" / "gpt-s0" / "log.jsonl") == [{"iter": 0}, {"iter": 1}]
+    with pytest.raises(FileNotFoundError, match="no log.jsonl in it or in its subfolders"):
+        variants.run_folders([tmp_path])
