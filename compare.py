@@ -38,16 +38,11 @@ fixed, and eval_interval, eval_iters and warmup_iters are scaled with max_iters 
 gradient_accumulation_steps). Any other train.py option is swept as it is, e.g. --sweep n_layer=2,4,8:
 $ python compare.py --sweep batch_size=8,16,32,64 --out_dir compare_out/batch
 
-nGPT's loss stays flat on sequences longer than it was trained on, where GPT's blows up (nGPT paper, appendix on
-length extrapolation). Evaluate the checkpoints of a comparison (here of `python compare.py`) on fixed validation
-windows of 1x, 2x, 4x and 8x their training context, over all positions and over those past the training length:
-$ python compare.py --extrapolate --runs compare_out/runs --out_dir compare_out/length
-Other multiples, more windows per context, another device: --extrapolate 1,2,16 --extrapolate-windows 256 --device cuda
-
 Norm growth (Merrill et al. 2021): a GPT's parameter norm grows like sqrt(t) without weight decay at a constant LR,
 which drives it toward its "saturated" version; nGPT and anGPT bound their norms by construction. --norms trains
 GPT, nGPT and anGPT with their recipes and a GPT without weight decay at a constant LR (the default models otherwise
-are GPT, both GPT+QK-norms, nGPT, anGPT), and adds norms.png, saturation.png and heads.png:
+are GPT, both GPT+QK-norms, nGPT, anGPT). Every comparison adds the plots and tables of norms.py (norms.png,
+saturation.png, heads.png) where its runs have these metrics:
 $ python compare.py --norms --seeds 1 --out_dir compare_out/norms
 
 Writes into --out_dir (default compare_out/):
@@ -61,8 +56,9 @@ Writes into --out_dir (default compare_out/):
                     and the baseline used: everything needed to recompute the table
   runs/<key>-s<seed>/, sweep/<key>-lr<lr>/   the train.py runs
 --sweep writes sweep.png (final val loss against the swept value, min-max band over seeds), results.md (rows: values,
-columns: models), results.json and sweep/<key>-<option><value>-s<seed>/; --extrapolate writes extrapolation.png,
-results.md and results.json.
+columns: models), results.json and sweep/<key>-<option><value>-s<seed>/.
+
+Length extrapolation of the checkpoints is a question of its own: extrapolate.py.
 """
 
 import argparse
@@ -75,10 +71,10 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch.nn import functional as F
 
 import norms
+from settings import (DEFAULTS, MODELS, SYSTEM_KEYS, ConfigError, Parser, build_parser, load_model_module,
+                      resolve_settings)
 import train
 from variants import ARCHITECTURES, COLORS, VARIANTS, label, read_log, read_run_log, run_folders, variant_of
 
@@ -96,11 +92,6 @@ LOG_X_OPTIONS = ("learning_rate", "min_lr", "batch_size", "gradient_accumulation
 TOKEN_BUDGET_OPTIONS = ("batch_size", "gradient_accumulation_steps")
 RISE_FRACTION = 0.5  # a run whose val loss climbs back more than this part of what it had gained has diverged
 NEAR_BEST = 0.02  # --sweep: the values whose final loss is within 2% of a model's best are "near the best"
-# --extrapolate: evaluation windows, the same for every checkpoint, and tokens per forward pass (memory)
-EXTRAPOLATION_FACTORS = "1,2,4,8"
-EXTRAPOLATION_WINDOWS = 64
-EXTRAPOLATION_SEED = 12345
-TOKENS_PER_FORWARD = 8192
 # options compare.py sets itself for every run, with what to use instead
 OWN_OPTIONS = {"--model": "--models", "--seed": "--seeds", "--out_dir": "compare.py's --out_dir",
                "--max_iters": "--iters", "--resume": "the same command again"}
@@ -167,7 +158,7 @@ def read_run(folder):
     config, records, evals = read_run_log(folder)
     steps = [r for r in records if "ms_per_step" in r][1:]  # the first includes warm-up and compilation
     if not evals:
-        raise train.ConfigError(f"{folder}/log.jsonl has no eval records yet")
+        raise ConfigError(f"{folder}/log.jsonl has no eval records yet")
     return dict(key=variant_of(config), seed=config["seed"], dir=str(folder), learning_rate=config["learning_rate"],
                 iters=[r["iter"] for r in evals], tokens=[r["tokens"] for r in evals],
                 time_s=[r["time_s"] for r in evals], val_loss=[r["val_loss"] for r in evals],
@@ -182,7 +173,7 @@ def find_runs(folders):
     try:
         return [read_run(f) for f in run_folders(folders)]
     except FileNotFoundError as e:
-        raise train.ConfigError(str(e))
+        raise ConfigError(str(e))
 
 
 # -----------------------------------------------------------------------------
@@ -212,7 +203,7 @@ def run_argv(key, seed, out_dir, args, rest, iters=None, learning_rate=None):
     if learning_rate:
         argv += ["--learning_rate", repr(learning_rate)]
     if not has_option(rest, "--eval_interval"):
-        max_iters = train.resolve_settings(argv)[0]["max_iters"]
+        max_iters = resolve_settings(argv)[0]["max_iters"]
         argv += ["--eval_interval", str(max(1, max_iters // EVALS_PER_RUN))]
     return argv
 
@@ -221,15 +212,15 @@ def check_same_settings(folder, s):
     """A run in `folder` is reused or resumed only if it was started with the same settings `s`."""
     saved = json.loads((folder / "config.json").read_text())
     # an option newer than the run has its default value there
-    differ = [k for k, v in s.items() if k not in train.SYSTEM_KEYS and saved.get(k, train.DEFAULTS.get(k)) != v]
+    differ = [k for k, v in s.items() if k not in SYSTEM_KEYS and saved.get(k, DEFAULTS.get(k)) != v]
     if differ:
-        raise train.ConfigError(f"{folder} holds a run with other settings ({', '.join(differ)}); "
+        raise ConfigError(f"{folder} holds a run with other settings ({', '.join(differ)}); "
                                 f"delete it or use another --out_dir")
 
 
 def train_run(argv, title):
     """Train one run, or reuse it if --out_dir already holds it complete; resume it if it was interrupted."""
-    s = train.resolve_settings(argv)[0]
+    s = resolve_settings(argv)[0]
     folder = Path(s["out_dir"])
     if (folder / "config.json").exists():
         check_same_settings(folder, s)
@@ -252,7 +243,7 @@ def lr_sweep(keys, args, rest, out_dir):
     total = len(keys) * len(LR_MULTIPLIERS)
     for i, mult in enumerate(LR_MULTIPLIERS):
         for j, key in enumerate(keys):
-            lr = train.load_model_module(VARIANTS[key][0]).RECIPE["learning_rate"] * mult
+            lr = load_model_module(VARIANTS[key][0]).RECIPE["learning_rate"] * mult
             argv = run_argv(key, 0, out_dir / "sweep" / f"{key}-lr{lr:g}", args, rest,
                             iters=args.lr_sweep_iters, learning_rate=lr)
             try:
@@ -270,7 +261,7 @@ def sweep_argv(key, seed, option, value, out_dir, args, rest):
     extra = [f"--{option}", value]
     iters = None
     if option in TOKEN_BUDGET_OPTIONS:
-        ref = train.resolve_settings(run_argv(key, seed, out_dir, args, rest))[0]
+        ref = resolve_settings(run_argv(key, seed, out_dir, args, rest))[0]
         scale = ref[option] / int(value)
         iters = max(1, round(ref["max_iters"] * scale))
         # eval_iters too, so that every point is evaluated on about as many validation sequences
@@ -284,7 +275,7 @@ def sweep_argv(key, seed, option, value, out_dir, args, rest):
 def sweep_point(argv, title):
     """Train one run of a sweep (or reuse it) and read it back, with why it diverged (None if it did not).
     A run that train.py stopped on a non-finite loss gets a diverged.txt, so that the same command skips it."""
-    s = train.resolve_settings(argv)[0]
+    s = resolve_settings(argv)[0]
     folder = Path(s["out_dir"])
     marker = folder / "diverged.txt"
     if marker.exists():
@@ -340,130 +331,6 @@ def summarize_sweep(points):
         near = near_best(means)
         models[key] = dict(label=label(key), points=summary, near_best=near,
                            best=min(near, key=means.get) if near else None)
-    return models
-
-
-# -----------------------------------------------------------------------------
-# Length extrapolation: the validation loss of trained checkpoints on windows longer than their training context
-
-def find_checkpoints(folders):
-    """The ckpt.pt of run folders, or of the run folders inside the given folders."""
-    found = []
-    for folder in map(Path, folders):
-        if (folder / "ckpt.pt").exists():
-            found.append(folder / "ckpt.pt")
-        else:
-            inside = sorted(folder.glob("*/ckpt.pt"))
-            if not inside:
-                raise train.ConfigError(f"--runs {folder}: no ckpt.pt in it or in its subfolders")
-            found += inside
-    return found
-
-
-def position_limit(model):
-    """The longest sequence the model's positional encoding can take: None for any length (RoPE, whose tables
-    Model.rope_tables computes for any length in all three model files), else the length of a learned position
-    table (nanoGPT's wpe), which has nothing for positions past the training context."""
-    wpe = getattr(getattr(model, "transformer", None), "wpe", None)
-    return wpe.num_embeddings if isinstance(wpe, torch.nn.Embedding) else None
-
-
-@torch.no_grad()
-def context_loss(model, x, y, train_len, device):
-    """The mean next-token loss over all positions of the windows, and over the positions at and past
-    `train_len` only (positions the model never saw in training), in fp32."""
-    sums = torch.zeros(2, dtype=torch.float64)  # (all positions, positions >= train_len)
-    rows = max(1, TOKENS_PER_FORWARD // x.size(1))  # windows per forward pass: the logits are (rows, T, vocab)
-    for i in range(0, len(x), rows):
-        xb, yb = x[i:i + rows].to(device), y[i:i + rows].to(device)
-        logits, _ = model(xb, yb)
-        losses = F.cross_entropy(logits.float().flatten(0, 1), yb.flatten(), reduction="none").view(yb.shape)  # (B, T)
-        sums += torch.stack((losses.sum(), losses[:, train_len:].sum())).double().cpu()
-    beyond = x.size(0) * (x.size(1) - train_len)
-    return dict(loss=(sums[0] / x.numel()).item(), loss_beyond=(sums[1] / beyond).item() if beyond > 0 else None)
-
-
-def extrapolation_losses(model, tokens, factors, count, device):
-    """{factor: losses on `count` windows of factor x the training context}; a context that cannot be evaluated
-    gets {refused: why} in one line instead, and the others still run."""
-    train_len = model.config.block_size
-    limit = position_limit(model)
-    out = {}
-    for factor in factors:
-        length = factor * train_len
-        entry = dict(context=length)
-        if limit is not None and length > limit:
-            entry["refused"] = (f"its learned position table has {limit} positions, so it cannot go past its "
-                                f"training length")
-        elif len(tokens) < length + 1:
-            entry["refused"] = (f"the validation split has {len(tokens):,} tokens, too few for one window of "
-                                f"{length:,} ({length + 1:,} with its next-token target)")
-        else:
-            try:
-                windows = train.token_windows(tokens, length, count, EXTRAPOLATION_SEED)  # the same for every model
-                losses = context_loss(model, *windows, train_len, device)
-                if not math.isfinite(losses["loss"]):
-                    raise ValueError(f"the loss is {losses['loss']}")
-                entry.update(losses)
-            except (RuntimeError, IndexError, ValueError) as e:  # out of memory, an encoding that breaks, ...
-                entry["refused"] = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200]}"
-        if "refused" in entry:
-            print(f"  {factor}x ({length} tokens): cannot be evaluated: {entry['refused']}")
-        else:
-            beyond = entry["loss_beyond"]
-            print(f"  {factor}x ({length} tokens): val loss {entry['loss']:.4f}"
-                  + (f", past the training length {beyond:.4f}" if beyond is not None else ""))
-        out[factor] = entry
-    return out
-
-
-def evaluate_checkpoint(path, factors, count, device, data_dir=None, keys=None):
-    """One checkpoint's extrapolation_losses on its own dataset's validation split, with what it is; None if its
-    model is not one of `keys`."""
-    model, ckpt = train.load_trained_model(path, device)
-    key = variant_of(ckpt["settings"])
-    if keys and key not in keys:
-        return None
-    model.to(dtype=torch.float32)
-    settings = ckpt["settings"]
-    folder = Path(data_dir or settings["data_dir"]) / settings["dataset"]
-    if not (folder / "val.bin").exists():
-        raise train.ConfigError(f"{path}: no {folder / 'val.bin'} to evaluate on; prepare the dataset "
-                                f"{settings['dataset']} or point --data_dir at it")
-    tokens = np.memmap(folder / "val.bin", dtype=np.uint16, mode="r")
-    if tokens.max() >= model.config.vocab_size:
-        raise train.ConfigError(f"{folder / 'val.bin'} holds token id {tokens.max()}, but {path} has a vocabulary "
-                                f"of {model.config.vocab_size}: other data than it was trained on")
-    limit, rope = position_limit(model), ckpt["model_config"].get("rope")
-    positions = (f"a learned table of {limit} positions" if limit else f"RoPE ({rope}), computed for any length"
-                 if rope else "no learned position table")
-    print(f"=== {label(key)} {path.parent} (step {ckpt.get('iter_num')}, context {model.config.block_size})")
-    return dict(key=key, seed=settings.get("seed"), dir=str(path.parent), step=ckpt.get("iter_num"),
-                dataset=settings["dataset"], block_size=model.config.block_size, positions=positions,
-                contexts=extrapolation_losses(model, tokens, factors, count, device))
-
-
-def summarize_extrapolation(evaluations, factors):
-    """{key: {factor: mean, std, min and max over the model's checkpoints}} of both losses, and the refusals."""
-    models = {}
-    keys = [k for k in VARIANTS if any(e["key"] == k for e in evaluations)]
-    keys += sorted({e["key"] for e in evaluations} - set(keys))
-    for key in keys:
-        mine = sorted((e for e in evaluations if e["key"] == key), key=lambda e: (e["seed"] is None, e["seed"]))
-        contexts = {}
-        for factor in factors:
-            entries = [e["contexts"][factor] for e in mine]
-            done = [c for c in entries if "refused" not in c]
-            agg = dict(context=sorted({c["context"] for c in entries}), evaluated=len(done),
-                       refused=len(entries) - len(done))
-            for field in ("loss", "loss_beyond"):
-                values = [c[field] for c in done if c[field] is not None]
-                agg[field] = dict(mean=float(np.mean(values)), lo=min(values), hi=max(values),
-                                  std=float(np.std(values, ddof=1)) if len(values) > 1 else None) if values else None
-            contexts[factor] = agg
-        models[key] = dict(label=label(key), seeds=[e["seed"] for e in mine],
-                           block_size=sorted({e["block_size"] for e in mine}),
-                           positions=sorted({e["positions"] for e in mine}), contexts=contexts)
     return models
 
 
@@ -772,109 +639,6 @@ def sweep_markdown(option, models, budget, settings, diverged_runs, command):
     return "\n".join(lines)
 
 
-def plot_extrapolation(models, factors, path, title):
-    import matplotlib
-    matplotlib.use("Agg")  # files only, no display needed
-    import matplotlib.pyplot as plt
-    from matplotlib.lines import Line2D
-    from matplotlib.ticker import FuncFormatter, NullFormatter, NullLocator
-
-    fig, axes = plt.subplots(1, 2, figsize=(14, 5.6), sharey=True)
-    panels = [("loss", "all positions"), ("loss_beyond", "positions past the training length only")]
-    block_sizes = {b for m in models.values() for b in m["block_size"]}
-    for ax, (field, name) in zip(axes, panels):
-        for row, (key, m) in enumerate(models.items()):
-            color = COLORS.get(key)
-            done = [f for f in factors if m["contexts"][f][field] is not None]
-            losses = [m["contexts"][f][field] for f in done]
-            ax.plot(done, [l["mean"] for l in losses], "o-", color=color, lw=2, label=m["label"])
-            if len(m["seeds"]) > 1:
-                ax.fill_between(done, [l["lo"] for l in losses], [l["hi"] for l in losses], color=color,
-                                alpha=0.2, lw=0)
-            refused = [f for f in factors if m["contexts"][f]["refused"] and (field == "loss" or f > 1)]
-            mark_at_top(ax, refused, row, color)
-        ax.axvline(1, color="gray", ls=":", lw=1)  # the training context
-        ax.set_xscale("log", base=2)
-        ax.xaxis.set_minor_locator(NullLocator())
-        ax.xaxis.set_minor_formatter(NullFormatter())
-        only = next(iter(block_sizes)) if len(block_sizes) == 1 else None
-        ax.set_xticks(factors, [f"{f}x" + (f"\n{f * only}" if only else "") for f in factors])
-        ax.set_xlabel("evaluation context, in multiples of the training context" + (" and in tokens" if only else ""))
-        ax.set_title(f"val loss over {name}")
-        ax.grid(alpha=0.3)
-    losses = [c[field][k] for m in models.values() for c in m["contexts"].values() for field in ("loss", "loss_beyond")
-              if c[field] for k in ("lo", "hi")]
-    if losses and max(losses) > 3 * min(losses):  # a model that blows up would flatten the others on a linear axis
-        axes[0].set_yscale("log")
-        axes[0].yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-        # within a decade the minor ticks (2, 3, 5, ...) are the only labels; over several they would overlap
-        few_decades = max(losses) < 10 * min(losses)
-        axes[0].yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}") if few_decades else NullFormatter())
-    refused = any(c["refused"] for m in models.values() for c in m["contexts"].values())
-    if refused:
-        room_at_top(axes[0], len(models))  # the y-axis is shared
-    axes[0].set_ylabel("validation loss" + (" (log scale)" if axes[0].get_yscale() == "log" else ""))
-    handles, _ = axes[0].get_legend_handles_labels()
-    handles.append(Line2D([], [], color="gray", ls=":", label="training context"))
-    if refused:
-        handles.append(Line2D([], [], color="gray", marker="x", ls="", mew=2, label="cannot be evaluated (at the top)"))
-    several = any(len(m["seeds"]) > 1 for m in models.values())
-    fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False,
-               title="mean and min-max band over seeds" if several else None)
-    fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0.12 if several else 0.08, 1, 1))
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def extrapolation_markdown(models, factors, evaluations, windows, device, command):
-    block_sizes = {b for m in models.values() for b in m["block_size"]}
-    only = next(iter(block_sizes)) if len(block_sizes) == 1 else None
-    n_seeds = max(len(m["seeds"]) for m in models.values())
-    header = ["| context | " + " | ".join(m["label"] for m in models.values()) + " |", "|---|" + "---|" * len(models)]
-    lines = ["# Length extrapolation: " + ", ".join(m["label"] for m in models.values()), ""]
-    for field, name in (("loss", "Val loss over all positions"),
-                        ("loss_beyond", "Val loss on the positions past the training length only")):
-        if field == "loss_beyond" and max(factors) <= 1:
-            continue
-        lines += [f"## {name}", "", *header]
-        for factor in factors:
-            if field == "loss_beyond" and factor <= 1:
-                continue
-            cells = []
-            for m in models.values():
-                c = m["contexts"][factor]
-                if c[field] is None:
-                    cells.append("refused")
-                    continue
-                some = f" ({c['refused']} of {c['refused'] + c['evaluated']} refused)" if c["refused"] else ""
-                cells.append(mean_std(c[field]) + some)
-            lines.append(f"| {factor}x" + (f" ({factor * only})" if only else "") + " | " + " | ".join(cells) + " |")
-        lines.append("")
-    spread = f"mean ± std over {n_seeds} checkpoints (seeds)" if n_seeds > 1 else "one checkpoint per model"
-    lines += [f"Next-token loss on the same {windows} validation windows per context for every model ({spread}), "
-              "drawn at random starts with a fixed seed; each window is evaluated whole, in fp32 without gradients. "
-              "All positions: the mean over every position of the window. Past the training length: the mean over "
-              "the positions the model never saw in training only, where a positional encoding that does not "
-              "extrapolate shows first.", ""]
-    refused = [(e, f) for e in evaluations for f in factors if "refused" in e["contexts"][f]]
-    if refused:
-        lines += ["## Contexts that cannot be evaluated", ""] + [
-            f"- {label(e['key'])} ({e['dir']}) at {f}x ({c['context']:,} tokens): {c['refused']}"
-            for e, f in refused for c in [e["contexts"][f]]] + [""]
-    lines += ["## Settings", ""]
-    lines += ["- checkpoints: " + "; ".join(f"{label(e['key'])} {e['dir']} (step {e['step']}, context "
-                                            f"{e['block_size']})" for e in evaluations),
-              "- positional encoding: " + "; ".join(f"{m['label']}: {' / '.join(m['positions'])}"
-                                                    for m in models.values()),
-              f"- dataset: {', '.join(sorted({e['dataset'] for e in evaluations}))}, validation split",
-              f"- windows per context: {windows} (seed {EXTRAPOLATION_SEED}), at most {TOKENS_PER_FORWARD} tokens per "
-              f"forward pass",
-              f"- device: {device}, float32",
-              "", "## Command", "", "```sh", command, "```", ""]
-    return "\n".join(lines)
-
-
 # -----------------------------------------------------------------------------
 # The command line
 
@@ -883,14 +647,14 @@ def training_keys(p, args, rest, out_dir):
     for option, instead in OWN_OPTIONS.items():
         if has_option(rest, option):
             p.error(f"{option} is set by compare.py; use {instead}")
-    available = [k for k in VARIANTS if VARIANTS[k][0] in train.MODELS]
+    available = [k for k in VARIANTS if VARIANTS[k][0] in MODELS]
     default = NORMS_KEYS if getattr(args, "norms", False) else DEFAULT_KEYS
     keys = args.models.split(",") if args.models else [k for k in default if k in available]
     for key in keys:
         if key not in available:
             p.error(f"--models: {key!r} is not one of {', '.join(available)}")
     for key in keys:
-        train.resolve_settings(run_argv(key, 0, out_dir, args, rest))
+        resolve_settings(run_argv(key, 0, out_dir, args, rest))
     return keys
 
 
@@ -906,7 +670,7 @@ def sweep_command(p, args, rest, out_dir, command):
         p.error(f"--sweep {args.sweep}: expected OPTION=V1,V2,..., e.g. --sweep learning_rate=1e-3,2e-3,4e-3")
     if f"--{option}" in OWN_OPTIONS:
         p.error(f"--sweep {option}: --{option} is set by compare.py; use {OWN_OPTIONS[f'--{option}']}")
-    known = [o for action in train.build_parser()._actions for o in action.option_strings]
+    known = [o for action in build_parser()._actions for o in action.option_strings]
     if f"--{option}" not in known:
         close = difflib.get_close_matches(f"--{option}", known, n=1)
         p.error(f"--sweep {option}: not an option of train.py" + (f" (did you mean {close[0][2:]}?)" if close else ""))
@@ -919,8 +683,8 @@ def sweep_command(p, args, rest, out_dir, command):
     keys = training_keys(p, args, rest, out_dir)
     for key in keys:  # every value of the sweep, before any training
         for value in values:
-            train.resolve_settings(sweep_argv(key, 0, option, value, out_dir, args, rest))
-    ref = train.resolve_settings(run_argv(keys[0], 0, out_dir, args, rest))[0]
+            resolve_settings(sweep_argv(key, 0, option, value, out_dir, args, rest))
+    ref = resolve_settings(run_argv(keys[0], 0, out_dir, args, rest))[0]
     budget = dict(reference=ref[option], max_iters=ref["max_iters"], tokens=ref["max_iters"] * ref["batch_size"]
                   * ref["gradient_accumulation_steps"] * ref["block_size"]) if option in TOKEN_BUDGET_OPTIONS else None
 
@@ -946,58 +710,10 @@ def sweep_command(p, args, rest, out_dir, command):
     return results
 
 
-def extrapolation_command(p, args, rest, out_dir, command):
-    """--extrapolate --runs DIR ...: evaluate the checkpoints, then extrapolation.png, results.md and results.json."""
-    if not args.runs:
-        p.error("--extrapolate evaluates trained checkpoints: give their run folders with --runs DIR ...")
-    if args.lr_sweep:
-        p.error("--lr-sweep has no effect with --extrapolate")
-    # of train.py's options only these two mean something here
-    q = train.Parser(prog="compare.py --extrapolate", allow_abbrev=False)
-    q.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                   help="default: cuda if available, else cpu")
-    q.add_argument("--data_dir", default=None, help="where the datasets are (default: each run's own)")
-    opts, unknown = q.parse_known_args(rest)
-    if unknown:
-        p.error(f"{' '.join(unknown)}: no effect with --extrapolate (only --device and --data_dir do)")
-    try:
-        factors = sorted({int(f) for f in args.extrapolate.split(",")})
-    except ValueError:
-        factors = []
-    if not factors or factors[0] < 1:
-        p.error(f"--extrapolate {args.extrapolate}: expected multiples of the training context such as 1,2,4,8")
-    if args.extrapolate_windows < 1:
-        p.error(f"--extrapolate-windows must be at least 1, got {args.extrapolate_windows}")
-
-    keys = args.models.split(",") if args.models else None
-    evaluations = [evaluate_checkpoint(path, factors, args.extrapolate_windows, opts.device, opts.data_dir, keys)
-                   for path in find_checkpoints(args.runs)]
-    evaluations = [e for e in evaluations if e is not None]
-    if not evaluations:
-        raise train.ConfigError("no checkpoints to evaluate")
-    order = list(VARIANTS)
-    evaluations.sort(key=lambda e: (order.index(e["key"]) if e["key"] in order else len(order), e["key"], e["dir"]))
-    models = summarize_extrapolation(evaluations, factors)
-    n_seeds = max(len(m["seeds"]) for m in models.values())
-    contexts = sorted({b for m in models.values() for b in m["block_size"]})
-    title = (f"Length extrapolation: val loss on {args.extrapolate_windows} windows per context, trained on a context "
-             f"of {', '.join(map(str, contexts))} tokens, {n_seeds} checkpoint{'s' * (n_seeds > 1)} per model")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    plot_extrapolation(models, factors, out_dir / "extrapolation.png", title)
-    table = extrapolation_markdown(models, factors, evaluations, args.extrapolate_windows, opts.device, command)
-    (out_dir / "results.md").write_text(table)
-    results = dict(command=command, factors=factors, windows=args.extrapolate_windows, seed=EXTRAPOLATION_SEED,
-                   device=opts.device, models=models, checkpoints=evaluations)
-    (out_dir / "results.json").write_text(json.dumps(results, indent=1, allow_nan=False) + "\n")
-    print("\n".join(table.splitlines()[2:6 + len(factors)]))  # the table over all positions
-    print(f"wrote {out_dir / 'extrapolation.png'}, {out_dir / 'results.md'}, {out_dir / 'results.json'}")
-    return results
-
-
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     # train.py's parser class: errors as one line; no abbreviations, so that train.py's --seed is not our --seeds
-    p = train.Parser(prog="compare.py", description=__doc__.split("\n\n")[0].strip(),
+    p = Parser(prog="compare.py", description=__doc__.split("\n\n")[0].strip(),
                      epilog=__doc__.split("\n\n", 1)[1], allow_abbrev=False,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default=None,
@@ -1018,20 +734,11 @@ def main(argv=None):
                    help=f"norm growth and saturation: train {', '.join(NORMS_KEYS)} (default models: {', '.join(DEFAULT_KEYS)})")
     p.add_argument("--sweep", default=None, metavar="OPTION=V1,V2,...",
                    help="one run per model, value and seed of any train.py option; batch sizes at a fixed token budget")
-    p.add_argument("--extrapolate", nargs="?", const=EXTRAPOLATION_FACTORS, default=None, metavar="FACTORS",
-                   help=f"evaluate the checkpoints of --runs at these multiples of their training context "
-                        f"(default: {EXTRAPOLATION_FACTORS})")
-    p.add_argument("--extrapolate-windows", "--extrapolate_windows", type=int, default=EXTRAPOLATION_WINDOWS,
-                   help=f"validation windows per context (default: {EXTRAPOLATION_WINDOWS})")
     args, rest = p.parse_known_args(argv)  # the rest goes to train.py, e.g. --preset gpu --n_layer 6
     out_dir = Path(args.out_dir)
     command = "python compare.py " + shlex.join(argv)
-    if args.sweep and args.extrapolate is not None:
-        p.error("--sweep and --extrapolate: one at a time")
-    if args.norms and (args.sweep or args.extrapolate is not None):
-        p.error("--norms has no effect with --sweep or --extrapolate")
-    if args.extrapolate is not None:
-        return extrapolation_command(p, args, rest, out_dir, command)
+    if args.norms and args.sweep:
+        p.error("--norms has no effect with --sweep")
     if args.sweep:
         return sweep_command(p, args, rest, out_dir, command)
 
@@ -1060,7 +767,7 @@ def main(argv=None):
                 folders.append(folder)
         runs = [read_run(f) for f in folders]
     if not runs:
-        raise train.ConfigError("no runs to compare")
+        raise ConfigError("no runs to compare")
     if args.baseline and args.baseline not in {r["key"] for r in runs}:
         p.error(f"--baseline {args.baseline}: no runs of it (have: {', '.join(sorted({r['key'] for r in runs}))})")
 
@@ -1093,7 +800,7 @@ def main(argv=None):
 if __name__ == "__main__":
     try:
         main()
-    except (train.ConfigError, train.prepare_data.DataError) as e:
+    except (ConfigError, train.prepare_data.DataError) as e:
         print(f"compare.py: error: {e}", file=sys.stderr)
         sys.exit(2)
     except train.TrainingError as e:
