@@ -31,6 +31,7 @@ from contextlib import nullcontext
 
 import torch
 
+from settings import MODELS, load_model_module
 import train
 from variants import ARCHITECTURES, VARIANTS, config_options
 
@@ -50,9 +51,9 @@ def make_step(model, module, x, y, autocast):
     return step
 
 
-def main(argv=None):
+def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--models", default=",".join(k for k in ARCHITECTURES if VARIANTS[k][0] in train.MODELS),
+    p.add_argument("--models", default=",".join(k for k in ARCHITECTURES if VARIANTS[k][0] in MODELS),
                    help="comma-separated, from: " + ", ".join(ARCHITECTURES))
     p.add_argument("--n_layer", type=int, default=4)
     p.add_argument("--n_head", type=int, default=4)
@@ -70,28 +71,24 @@ def main(argv=None):
     p.add_argument("--peak_flops", type=float, default=None, help="the device's peak FLOP/s (default: known or measured)")
     p.add_argument("--json", default=None, help="write the results to this file")
     args = p.parse_args(argv)
-    dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
-    keys = args.models.split(",")
-    unknown = [k for k in keys if k not in ARCHITECTURES or VARIANTS[k][0] not in train.MODELS]
+    args.dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
+    args.keys = args.models.split(",")
+    unknown = [k for k in args.keys if k not in ARCHITECTURES or VARIANTS[k][0] not in MODELS]
     if unknown:
         p.error(f"unknown or missing model(s): {', '.join(unknown)}")
     if args.n_embd % args.n_head:
         p.error(f"n_embd ({args.n_embd}) must be divisible by n_head ({args.n_head})")
-    device_type = "cuda" if args.device.startswith("cuda") else "cpu"
-    autocast = torch.autocast(device_type, dtype=torch.bfloat16) if dtype == "bfloat16" else nullcontext()
-    sync = (lambda: torch.cuda.synchronize(args.device)) if device_type == "cuda" else (lambda: None)
-    if device_type == "cpu":
-        torch.set_flush_denormal(True)  # as train.py does: denormal floats are slow on x86 CPUs
+    return args
 
-    torch.manual_seed(0)
-    x = torch.randint(0, args.vocab_size, (args.batch_size, args.block_size), device=args.device)
-    y = torch.randint(0, args.vocab_size, (args.batch_size, args.block_size), device=args.device)
+
+def build_contenders(args, x, y, autocast):
+    """{name in the table: (step function, forward to use, model)}: every model, eager and compiled."""
     size = dict(n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd, block_size=args.block_size,
                 vocab_size=args.vocab_size)
-    contenders = {}  # name in the table -> (step function, forward to use, model)
-    for key in keys + (["gpt_control"] if args.control else []):
+    contenders = {}
+    for key in args.keys + (["gpt_control"] if args.control else []):
         variant = "gpt" if key == "gpt_control" else key
-        module = train.load_model_module(VARIANTS[variant][0])
+        module = load_model_module(VARIANTS[variant][0])
         model = module.Model(module.Config(**size, **config_options(variant))).to(args.device)
         model.after_step()
         step = make_step(model, module, x, y, autocast)
@@ -101,7 +98,12 @@ def main(argv=None):
             print(f"{key}: torch.compile sees {explanation.graph_count} graph(s), "
                   f"{explanation.graph_break_count} graph break(s)")
             contenders[key + "+compile"] = (step, torch.compile(model), model)
+    return contenders
 
+
+def time_rounds(contenders, args, sync):
+    """{name: ms per step in each round}. The rounds interleave the models, each round starting one model later,
+    so that a slow moment of the machine hits all of them alike."""
     print(f"warming up ({args.warmup} steps each{', compiling' if args.compile else ''}) ...")
     for name, (step, forward, _) in contenders.items():
         for _ in range(args.warmup):
@@ -119,25 +121,31 @@ def main(argv=None):
                 step(forward)
             sync()
             times[name].append((time.perf_counter() - start) * 1000 / args.steps)
+    return times
 
-    peak = args.peak_flops or train.peak_flops(args.device, dtype)
+
+def summarize(contenders, times, args, peak):
+    """Per contender: median ms/step, tokens/s, MFU, and its ratio to each baseline, round by round."""
     tokens = args.batch_size * args.block_size
     results = {}
     for name, (_, _, model) in contenders.items():
         ms = statistics.median(times[name])
         results[name] = dict(ms_per_step=ms, tokens_per_s=tokens / (ms / 1000),
                              mfu=train.flops_per_token(model, args.block_size) * tokens / (ms / 1000) / peak)
-    baselines = [b for b in BASELINES if b in keys]
     for name, r in results.items():
         r["ratios"] = {}
-        for base in baselines:
+        for base in [b for b in BASELINES if b in args.keys]:
             base_name = base + "+compile" if name.endswith("+compile") else base
             ratios = [t / t_base for t, t_base in zip(times[name], times[base_name])]  # round by round
             # the 25th and 75th percentiles, within the data ("inclusive": no extrapolation from a few rounds)
             quartiles = statistics.quantiles(ratios, n=4, method="inclusive") if len(ratios) > 1 else [ratios[0]] * 3
             r["ratios"][base] = dict(median=statistics.median(ratios), quartiles=[quartiles[0], quartiles[2]])
+    return results
 
-    print(f"\n{args.device} {dtype}, {args.n_layer} layers, width {args.n_embd}, {args.n_head} heads, context "
+
+def print_table(results, args, peak):
+    baselines = [b for b in BASELINES if b in args.keys]
+    print(f"\n{args.device} {args.dtype}, {args.n_layer} layers, width {args.n_embd}, {args.n_head} heads, context "
           f"{args.block_size}, batch {args.batch_size}; median of {args.rounds} interleaved rounds of {args.steps} "
           f"steps; peak {peak / 1e12:.3g} TFLOP/s\n")
     print("| model | ms/step | " + " | ".join(f"vs {b} (middle half of rounds)" for b in baselines) + " | tokens/s | MFU |")
@@ -147,9 +155,27 @@ def main(argv=None):
                             for b in baselines)
         print(f"| {name} | {r['ms_per_step']:.2f} | {ratios} | {r['tokens_per_s']:,.0f} | {r['mfu']:.1%} |")
     if args.compile:
-        for key in keys:
+        for key in args.keys:
             gain = results[key]["ms_per_step"] / results[key + "+compile"]["ms_per_step"]
             print(f"{key}: torch.compile {'helped' if gain > 1 else 'did not help'} ({gain:.2f}x the eager speed)")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    device_type = "cuda" if args.device.startswith("cuda") else "cpu"
+    autocast = torch.autocast(device_type, dtype=torch.bfloat16) if args.dtype == "bfloat16" else nullcontext()
+    sync = (lambda: torch.cuda.synchronize(args.device)) if device_type == "cuda" else (lambda: None)
+    if device_type == "cpu":
+        torch.set_flush_denormal(True)  # as train.py does: denormal floats are slow on x86 CPUs
+
+    torch.manual_seed(0)
+    x = torch.randint(0, args.vocab_size, (args.batch_size, args.block_size), device=args.device)
+    y = torch.randint(0, args.vocab_size, (args.batch_size, args.block_size), device=args.device)
+    contenders = build_contenders(args, x, y, autocast)
+    times = time_rounds(contenders, args, sync)
+    peak = args.peak_flops or train.peak_flops(args.device, args.dtype)
+    results = summarize(contenders, times, args, peak)
+    print_table(results, args, peak)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)

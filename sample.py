@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 import prepare_data
+from settings import ConfigError
 import train
 
 
@@ -93,6 +94,6 @@ def main(argv=None):
 if __name__ == "__main__":
     try:
         main()
-    except (SampleError, train.ConfigError, prepare_data.DataError) as e:
+    except (SampleError, ConfigError, prepare_data.DataError) as e:
         print(f"sample.py: error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -11,13 +11,9 @@ A paper-like run (GPT-2 BPE OpenWebText, context 1024, 512 sequences per step) o
 $ python prepare_data.py openwebtext
 $ torchrun --standalone --nproc_per_node=8 train.py --model angpt --preset owt
 
-Any option overrides the preset and the model's recipe, as --key value or --key=value:
+Any option overrides the preset and the model's recipe (settings.py resolves them; `python train.py --help` lists
+every option with its defaults):
 $ python train.py --model ngpt --max_iters 500 --learning_rate 4e-3 --out_dir out/ngpt-short
-
-Settings are resolved in this order, later ones winning: the preset (sizes, data, schedule length; picked by
-the device unless --preset says otherwise), the model file's RECIPE (learning rate, warmup, weight decay,
-betas, eps, gradient clipping: each paper's own recipe), the model's Config defaults (model options such as
---rope), then the command line. `python train.py --help` lists every option with its defaults.
 
 Each run writes into --out_dir (default out/<model>):
   log.jsonl    one JSON object per line: a step record every --log_interval steps
@@ -31,10 +27,7 @@ Each run writes into --out_dir (default out/<model>):
                `--resume` continues from it
 """
 
-import argparse
 import dataclasses
-import difflib
-import importlib
 import json
 import math
 import os
@@ -51,199 +44,12 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import norms
 import prepare_data
+from settings import MODELS, SYSTEM_KEYS, ConfigError, load_model_module, resolve_settings
 from variants import read_log
-
-HERE = Path(__file__).resolve().parent
-
-# -----------------------------------------------------------------------------
-# Models: every model file that exists is registered under its file name
-MODEL_FILES = ("gpt", "ngpt", "angpt")
-MODELS = tuple(name for name in MODEL_FILES if (HERE / f"{name}.py").exists())
-SIZE_FIELDS = ("block_size", "vocab_size", "n_layer", "n_head", "n_embd")  # set by presets and data
-RECIPE_KEYS = ("learning_rate", "warmup_iters", "weight_decay", "beta1", "beta2", "eps", "grad_clip")
-
-
-def load_model_module(name):
-    return importlib.import_module(name)
-
-
-# -----------------------------------------------------------------------------
-# Settings. Presets hold sizes, data and the length of the run; the model's RECIPE holds the optimizer.
-DEFAULTS = dict(
-    # I/O
-    out_dir=None,               # default: out/<model>
-    eval_interval=250,
-    eval_iters=50,              # batches per evaluation; the same fixed batches every time
-    log_interval=10,
-    resume=False,
-    # data
-    dataset="shakespeare_char",
-    data_dir="data",
-    batch_size=12,              # sequences per micro-step per process
-    gradient_accumulation_steps=1,  # micro-steps per optimizer step, summed over all processes
-    # model: the size fields come from the preset, the model options from the model's Config
-    n_layer=4, n_head=4, n_embd=128, block_size=64,
-    # optimizer and LR schedule: defaults come from the model file's RECIPE
-    learning_rate=None, min_lr=None, warmup_iters=None, weight_decay=None,
-    beta1=None, beta2=None, eps=None, grad_clip=None,
-    decay_lr=True,              # cosine decay to min_lr after warmup; false: constant learning_rate (nanoGPT's)
-    max_iters=2000,             # optimizer steps; the cosine schedule decays over all of them
-    max_iters_per_launch=0,     # stop (checkpoint, exit) after this many steps; 0: no limit. For job slots
-    # system
-    device=None,                # default: cuda if available, else cpu
-    dtype=None,                 # default: bfloat16 autocast on CUDA, float32 on CPU
-    compile=False,
-    seed=1337,
-    skip_nonfinite=0,           # skip up to this many steps whose loss or gradient is not finite; 0: stop at the first
-)
-PRESETS = {
-    # nanoGPT README's laptop run: 4 layers, 4 heads, width 128, context 64, batch 12, 2000 iterations
-    "cpu": dict(dataset="shakespeare_char", n_layer=4, n_head=4, n_embd=128, block_size=64,
-                batch_size=12, gradient_accumulation_steps=1, max_iters=2000, eval_interval=250,
-                eval_iters=50, log_interval=10, compile=False),
-    # nanoGPT's config/train_shakespeare_char.py (without dropout, which the papers do not use)
-    "gpu": dict(dataset="shakespeare_char", n_layer=6, n_head=6, n_embd=384, block_size=256,
-                batch_size=64, gradient_accumulation_steps=1, max_iters=5000, eval_interval=250,
-                eval_iters=200, log_interval=10, compile=True),
-    # paper-like: GPT-2 BPE OpenWebText, context 1k, 512 sequences (0.5M tokens) per step as in the nGPT
-    # paper, GPT-2 small's width and depth so that it fits one node; NVIDIA's examples run 10k steps.
-    # The nGPT paper warms GPT up for 2000 steps: add --warmup_iters 2000 for --model gpt.
-    "owt": dict(dataset="openwebtext", n_layer=12, n_head=12, n_embd=768, block_size=1024,
-                batch_size=16, gradient_accumulation_steps=32, max_iters=10000, eval_interval=1000,
-                eval_iters=100, log_interval=10, compile=True),
-}
-
-
-class ConfigError(Exception):
-    """A problem with the user's settings or files, reported as one line without a traceback."""
 
 
 class TrainingError(Exception):
     """Training cannot go on (a non-finite loss); reported as one line, exit code 1."""
-
-
-def model_options():
-    """{option: (default, [models])} for every Config field of every model beyond the size fields."""
-    options = {}
-    for name in MODELS:
-        for f in dataclasses.fields(load_model_module(name).Config):
-            if f.name not in SIZE_FIELDS:
-                options.setdefault(f.name, (f.default, []))[1].append(name)
-    return options
-
-
-def parse_bool(text):
-    if text.lower() in ("1", "true", "yes", "on"):
-        return True
-    if text.lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-
-
-class Parser(argparse.ArgumentParser):
-    def error(self, message):
-        # one line, no usage block: the user sees what was wrong and where to look
-        if message.startswith("unrecognized arguments:"):
-            known = [o for action in self._actions for o in action.option_strings]
-            for word in message.split(":", 1)[1].split():
-                close = difflib.get_close_matches(word.split("=")[0], known, n=1)
-                if close:
-                    message += f" (did you mean {close[0]}?)"
-        self.exit(2, f"{self.prog}: error: {message} (see: python {self.prog} --help)\n")
-
-
-def build_parser():
-    p = Parser(prog="train.py", description="Train GPT, nGPT or anGPT with one shared loop.",
-               formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("Each run writes")[0])
-    p.add_argument("--model", required=True, choices=MODELS, help="which model file to train")
-    p.add_argument("--preset", choices=sorted(PRESETS), default=None,
-                   help="default: gpu if CUDA is available, else cpu")
-
-    def by_preset(key):
-        return ", ".join(f"{name} {preset.get(key, DEFAULTS[key])}" for name, preset in PRESETS.items())
-
-    def by_model(key):
-        return ", ".join(f"{name} {load_model_module(name).RECIPE[key]:g}" for name in MODELS)
-
-    types = {bool: parse_bool, int: int, float: float, str: str}
-    for key, default in DEFAULTS.items():
-        if key == "resume":
-            p.add_argument("--resume", nargs="?", const=True, type=parse_bool, default=None,
-                           help="continue from <out_dir>/ckpt.pt (default: false)")
-            continue
-        if key in RECIPE_KEYS:
-            kind, help_text = float if key != "warmup_iters" else int, f"default from the model's RECIPE: {by_model(key)}"
-        elif key == "min_lr":
-            kind, help_text = float, "default: learning_rate * the RECIPE's min_lr_ratio " + f"({by_model('min_lr_ratio')})"
-        elif any(key in preset for preset in PRESETS.values()):
-            kind, help_text = type(default), f"default by preset: {by_preset(key)}"
-        else:
-            kind, help_text = type(default) if default is not None else str, f"default: {default}"
-        if key == "device":
-            help_text = "cpu, cuda or cuda:N (default: cuda if available, else cpu)"
-        if key == "dtype":
-            help_text = "float32 or bfloat16 (autocast); default: bfloat16 on CUDA, float32 on CPU"
-        if key == "out_dir":
-            help_text = "default: out/<model>"
-        p.add_argument(f"--{key}", type=types[kind], default=None, help=help_text)
-    for key, (default, owners) in model_options().items():
-        p.add_argument(f"--{key}", type=types[type(default)], default=None,
-                       help=f"model option of {', '.join(owners)} (default: {default})")
-    return p
-
-
-def resolve_settings(argv):
-    """Command line -> (settings, model module, the options given explicitly). Raises ConfigError on bad input."""
-    args = build_parser().parse_args(argv)
-    given = {k: v for k, v in vars(args).items() if v is not None}
-    module = load_model_module(args.model)
-    config_fields = {f.name: f.default for f in dataclasses.fields(module.Config)}
-    for key in given:
-        if key in model_options() and key not in config_fields:
-            raise ConfigError(f"--{key} is not an option of model {args.model}")
-
-    device = given.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
-    preset = given.get("preset") or ("gpu" if device.startswith("cuda") else "cpu")
-    s = dict(DEFAULTS, model=args.model, preset=preset)
-    s.update(PRESETS[preset])
-    s.update({k: module.RECIPE[k] for k in RECIPE_KEYS})
-    s.update({k: v for k, v in config_fields.items() if k not in SIZE_FIELDS})
-    s.update(given)
-    s["device"] = device
-    if s.get("min_lr") is None:
-        s["min_lr"] = s["learning_rate"] * module.RECIPE["min_lr_ratio"]
-    if s["out_dir"] is None:
-        s["out_dir"] = os.path.join("out", args.model)
-    if s["dtype"] is None:
-        s["dtype"] = "bfloat16" if device.startswith("cuda") else "float32"
-
-    # checks that would otherwise surface as a traceback deep inside the model or the loop
-    if s["dtype"] not in ("float32", "bfloat16"):
-        raise ConfigError(f"--dtype {s['dtype']} is not supported; use float32 or bfloat16")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"--device {device} was asked for but CUDA is not available; use --device cpu")
-    if not (device == "cpu" or device.startswith("cuda")):
-        raise ConfigError(f"--device {device} is not supported; use cpu, cuda or cuda:N")
-    for key in ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "gradient_accumulation_steps",
-                "eval_interval", "eval_iters", "log_interval"):
-        if s[key] < 1:
-            raise ConfigError(f"--{key} must be at least 1, got {s[key]}")
-    if s["max_iters"] < 0:
-        raise ConfigError(f"--max_iters must be at least 0, got {s['max_iters']}")
-    if s["n_embd"] % s["n_head"] != 0:
-        raise ConfigError(f"n_embd ({s['n_embd']}) must be divisible by n_head ({s['n_head']})")
-    if (s["n_embd"] // s["n_head"]) % 2 != 0:
-        raise ConfigError(f"the head size n_embd/n_head ({s['n_embd'] // s['n_head']}) must be even for rotary embeddings")
-    if not 0 < s["learning_rate"] < float("inf"):
-        raise ConfigError(f"--learning_rate must be a positive number, got {s['learning_rate']}")
-    # the model file checks its own options (rope, qk_norm, ...): built on the meta device, which allocates nothing,
-    # the model reports a bad one now, before any data is prepared or anything is written
-    try:
-        with torch.device("meta"):
-            module.Model(module.Config(**{k: s[k] for k in config_fields if k in s}))
-    except AssertionError as e:
-        raise ConfigError(f"{e} (see: python train.py --help)")
-    return s, module, given
 
 
 # -----------------------------------------------------------------------------
@@ -452,9 +258,7 @@ def fmt_duration(seconds):
 
 
 # -----------------------------------------------------------------------------
-
-SYSTEM_KEYS = ("device", "dtype", "compile", "out_dir", "resume", "max_iters_per_launch", "skip_nonfinite")
-
+# Setting up a run: processes, device, data, model, output folder
 
 def start_processes(s):
     """(ddp, rank, world_size). Under torchrun, which sets RANK, LOCAL_RANK and WORLD_SIZE, one process per GPU
@@ -468,21 +272,17 @@ def start_processes(s):
     return True, dist.get_rank(), dist.get_world_size()
 
 
-def build_model(module, model_args, s, device, checkpoint=None):
-    """(model, optimizer): fresh, or as the checkpoint left them, with the RNG state it saved."""
-    model = module.Model(module.Config(**model_args)).to(device)
-    optimizer = torch.optim.AdamW(model.optimizer_groups(s["weight_decay"]), lr=s["learning_rate"],
-                                  betas=(s["beta1"], s["beta2"]), eps=s["eps"], fused=device.startswith("cuda"))
-    if checkpoint is None:
-        model.after_step()  # nGPT and anGPT: weights on the sphere / in the ball before the first step
-        return model, optimizer
-    # not after_step() on resume: normalizing normalized weights again moves their last bits
-    model.load_state_dict(checkpoint["model"])
-    optimizer.load_state_dict(checkpoint["optimizer"])
-    torch.set_rng_state(checkpoint["rng_cpu"])
-    if device.startswith("cuda") and checkpoint.get("rng_cuda") is not None:
-        torch.cuda.set_rng_state(checkpoint["rng_cuda"])
-    return model, optimizer
+def setup_device(s):
+    """The autocast context of s["dtype"] (none for float32), with the device's arithmetic set up."""
+    device_type = "cuda" if s["device"].startswith("cuda") else "cpu"
+    if device_type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    else:
+        # CPU: treat denormal floats (below 1.2e-38) as zero. Attention probabilities and SiLU tails underflow into
+        # that range in trained models, where x86 arithmetic is many times slower: anGPT's steps took 13% longer
+        torch.set_flush_denormal(True)
+    return nullcontext() if s["dtype"] == "float32" else torch.autocast(device_type=device_type, dtype=torch.bfloat16)
 
 
 def checkpoint_to_resume(s, given, out_dir):
@@ -513,6 +313,130 @@ def checkpoint_to_resume(s, given, out_dir):
     return checkpoint
 
 
+def open_data(s, master, ddp):
+    """The dataset's Batches; rank 0 prepares the data first if it is missing."""
+    folder = dataset_dir(s) if master else Path(s["data_dir"]) / s["dataset"]
+    if ddp:
+        dist.barrier()  # rank 0 may have prepared the data
+    return Batches(folder, s["block_size"], read_vocab_size(folder), s["device"])
+
+
+def build_model(module, s, batches, checkpoint=None):
+    """(model, optimizer): fresh from the seed, or as the checkpoint left them, with the RNG state it saved."""
+    model_args = {f.name: s[f.name] for f in dataclasses.fields(module.Config) if f.name in s}
+    model_args["vocab_size"] = batches.vocab_size
+    if checkpoint is not None and model_args != checkpoint["model_config"]:
+        raise ConfigError(f"--resume: the data in {batches.folder} gives vocab_size {batches.vocab_size}, but the "
+                          f"checkpoint was trained with {checkpoint['model_config']['vocab_size']}")
+    torch.manual_seed(s["seed"])
+    model = module.Model(module.Config(**model_args)).to(s["device"])
+    optimizer = torch.optim.AdamW(model.optimizer_groups(s["weight_decay"]), lr=s["learning_rate"],
+                                  betas=(s["beta1"], s["beta2"]), eps=s["eps"], fused=s["device"].startswith("cuda"))
+    if checkpoint is None:
+        model.after_step()  # nGPT and anGPT: weights on the sphere / in the ball before the first step
+        return model, optimizer
+    # not after_step() on resume: normalizing normalized weights again moves their last bits
+    model.load_state_dict(checkpoint["model"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    torch.set_rng_state(checkpoint["rng_cpu"])
+    if s["device"].startswith("cuda") and checkpoint.get("rng_cuda") is not None:
+        torch.cuda.set_rng_state(checkpoint["rng_cuda"])
+    return model, optimizer
+
+
+@dataclasses.dataclass
+class Run:
+    """What the loop needs, set up once (setup_run), and the counters it advances, which every checkpoint saves."""
+    s: dict
+    model: torch.nn.Module  # the one that trains: compiled, wrapped in DDP, or raw_model itself
+    raw_model: torch.nn.Module  # evaluated, measured and saved
+    optimizer: torch.optim.Optimizer
+    batches: Batches
+    autocast: object
+    ddp: bool
+    rank: int
+    world_size: int
+    iter_num: int = 0
+    best_val_loss: float = math.inf
+    time_s: float = 0.0  # training time: evaluation and checkpoints left out
+    last_saved_iter: int = None
+
+    @property
+    def master(self):
+        return self.rank == 0
+
+    @property
+    def tokens_per_iter(self):
+        return self.s["batch_size"] * self.s["gradient_accumulation_steps"] * self.s["block_size"]
+
+    @property
+    def out_dir(self):
+        return Path(self.s["out_dir"])
+
+
+def setup_run(s, module, given):
+    ddp, rank, world_size = start_processes(s)
+    if s["gradient_accumulation_steps"] % world_size != 0:
+        raise ConfigError(f"gradient_accumulation_steps ({s['gradient_accumulation_steps']}) must be a multiple "
+                          f"of the number of processes ({world_size})")
+    autocast = setup_device(s)
+    checkpoint = checkpoint_to_resume(s, given, Path(s["out_dir"]))
+    batches = open_data(s, rank == 0, ddp)
+    model, optimizer = build_model(module, s, batches, checkpoint)
+    run = Run(s, model, model, optimizer, batches, autocast, ddp, rank, world_size)
+    if checkpoint is not None:
+        run.iter_num, run.best_val_loss, run.time_s = checkpoint["iter_num"], checkpoint["best_val_loss"], checkpoint["time_s"]
+        run.last_saved_iter = run.iter_num
+    if s["compile"]:
+        run.model = torch.compile(run.model)
+    if ddp:
+        run.model = DDP(run.model, device_ids=[int(os.environ["LOCAL_RANK"])] if s["device"].startswith("cuda") else None)
+    if run.master:
+        start_output(run)
+    return run
+
+
+def start_output(run):
+    """config.json, and a log that is new, or cut back to the checkpoint's step on resume (the resumed run writes
+    the later records again)."""
+    try:
+        run.out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"cannot create --out_dir {run.out_dir}: {e.strerror}")
+    settings = dict(run.s, vocab_size=run.batches.vocab_size, world_size=run.world_size,
+                    tokens_per_iter=run.tokens_per_iter, num_params=run.raw_model.num_params(), torch=torch.__version__)
+    (run.out_dir / "config.json").write_text(json.dumps(settings, indent=2) + "\n")
+    log_path = run.out_dir / "log.jsonl"
+    if run.last_saved_iter is None:
+        log_path.write_text("")
+    elif log_path.exists():
+        kept = [r for r in read_log(log_path) if r["iter"] < run.iter_num or (r["iter"] == run.iter_num and "val_loss" in r)]
+        log_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    print(f"{run.s['model']}: {run.raw_model.num_params() / 1e6:.2f}M parameters, {run.tokens_per_iter:,} tokens per "
+          f"step, {run.world_size} process(es) on {run.s['device']}, out_dir {run.out_dir}")
+
+
+def log(run, record):
+    if run.master:
+        with open(run.out_dir / "log.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def save(run):
+    """The checkpoint of this step (rank 0 writes it)."""
+    if run.master:
+        device_type = "cuda" if run.s["device"].startswith("cuda") else "cpu"
+        save_checkpoint(run.out_dir / "ckpt.pt", dict(
+            model=run.raw_model.state_dict(), optimizer=run.optimizer.state_dict(), model_name=run.s["model"],
+            model_config=dataclasses.asdict(run.raw_model.config), settings=run.s, iter_num=run.iter_num,
+            best_val_loss=run.best_val_loss, time_s=run.time_s, rng_cpu=torch.get_rng_state(),
+            rng_cuda=torch.cuda.get_rng_state() if device_type == "cuda" else None))
+    run.last_saved_iter = run.iter_num
+
+
+# -----------------------------------------------------------------------------
+# The loop's parts: evaluate and save, one step, its log record
+
 @torch.no_grad()
 def evaluate(model, eval_batches, s, autocast, rank=0, world_size=1):
     """The mean loss on each split's fixed evaluation batches, shared out over the processes (summed with
@@ -533,210 +457,173 @@ def evaluate(model, eval_batches, s, autocast, rank=0, world_size=1):
     return out
 
 
+def evaluate_and_save(run, eval_batches, probe, start_wall):
+    """The eval record (losses, learned scales, the norm-growth paper's metrics) and the checkpoint of this step."""
+    losses = evaluate(run.raw_model, eval_batches, run.s, run.autocast, run.rank, run.world_size)
+    run.best_val_loss = min(run.best_val_loss, losses["val"])
+    metrics = norms.eval_metrics(run.raw_model, probe, run.s["model"]) if run.master else {}
+    log(run, dict(iter=run.iter_num, tokens=run.iter_num * run.tokens_per_iter, train_loss=losses["train"],
+                  val_loss=losses["val"], lr=get_lr(run.iter_num, run.s), time_s=run.time_s,
+                  wall_s=time.time() - start_wall, scales=norms.scale_summary(run.raw_model), **metrics))
+    if run.master:
+        print(f"step {run.iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+    save(run)
+    return dict(iter=run.iter_num, train_loss=losses["train"], val_loss=losses["val"], best_val_loss=run.best_val_loss)
 
-def main(argv=None):
-    s, module, given = resolve_settings(argv)
 
-    ddp, rank, world_size = start_processes(s)
-    master = rank == 0
-    if s["gradient_accumulation_steps"] % world_size != 0:
-        raise ConfigError(f"gradient_accumulation_steps ({s['gradient_accumulation_steps']}) must be a multiple "
-                          f"of the number of processes ({world_size})")
-    micro_steps = s["gradient_accumulation_steps"] // world_size  # per process
-    sequences_per_iter = s["batch_size"] * s["gradient_accumulation_steps"]
-    tokens_per_iter = sequences_per_iter * s["block_size"]
-    out_dir = Path(s["out_dir"])
-    ckpt_path, log_path = out_dir / "ckpt.pt", out_dir / "log.jsonl"
+def stop_requested(run, stop_requests, start_iter):
+    """Whether to stop here: a signal came, or --max_iters_per_launch steps are done. Under DDP every process
+    stops at the same step, agreed on every log_interval steps."""
+    s = run.s
+    launch_done = s["max_iters_per_launch"] and run.iter_num - start_iter >= s["max_iters_per_launch"]
+    stop = torch.tensor(float(bool(stop_requests) or bool(launch_done)))
+    if not run.ddp:
+        return stop.item() > 0
+    if run.iter_num % s["log_interval"] != 0:
+        return False
+    dist.all_reduce(stop, op=dist.ReduceOp.MAX)
+    return stop.item() > 0
 
-    device = s["device"]
-    device_type = "cuda" if device.startswith("cuda") else "cpu"
-    torch.manual_seed(s["seed"])
-    if device_type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    else:
-        # CPU: treat denormal floats (below 1.2e-38) as zero. Attention probabilities and SiLU tails underflow into
-        # that range in trained models, where x86 arithmetic is many times slower: anGPT's steps took 13% longer
-        torch.set_flush_denormal(True)
-    autocast = (nullcontext() if s["dtype"] == "float32"
-                else torch.autocast(device_type=device_type, dtype=torch.bfloat16))
 
-    checkpoint = checkpoint_to_resume(s, given, out_dir)
+class StepLog:
+    """What the step records need between log lines: the loss summed on the device (no host sync per step), the
+    skipped steps, the time, and the parameters for the norm metrics. A non-finite loss or gradient is noted on
+    the device and acted on at the next log line or checkpoint, which it must never reach (--skip_nonfinite instead
+    checks every step and skips bad ones)."""
 
-    # data
-    folder = dataset_dir(s) if master else Path(s["data_dir"]) / s["dataset"]
-    if ddp:
-        dist.barrier()  # rank 0 may have prepared the data
-    vocab_size = read_vocab_size(folder)
-    batches = Batches(folder, s["block_size"], vocab_size, device)
+    def __init__(self, run):
+        self.run = run
+        self.loss_sum = torch.zeros((), device=run.s["device"])
+        self.first_bad_iter = torch.full((), -1, dtype=torch.long, device=run.s["device"])
+        self.skipped = self.skipped_since_log = 0
+        self.last_log_time, self.last_log_iter = time.time(), run.iter_num
+        self.tracked, self.last_logged, self.before_step = norms.norm_group(run.raw_model), None, None
+        self.flops_per_step = flops_per_token(run.raw_model, run.s["block_size"]) * run.tokens_per_iter
+        self.device_peak = peak_flops(run.s["device"], run.s["dtype"]) * run.world_size
 
-    # model, from scratch or from the checkpoint
-    config_fields = {f.name for f in dataclasses.fields(module.Config)}
-    model_args = {k: s[k] for k in config_fields if k in s}
-    model_args["vocab_size"] = vocab_size
-    if checkpoint is not None and model_args != checkpoint["model_config"]:
-        raise ConfigError(f"--resume: the data in {folder} gives vocab_size {vocab_size}, but the checkpoint was "
-                          f"trained with {checkpoint['model_config']['vocab_size']}")
-    model, optimizer = build_model(module, model_args, s, device, checkpoint)
-    iter_num, best_val_loss, time_s = 0, float("inf"), 0.0
-    if checkpoint is not None:
-        iter_num, best_val_loss, time_s = checkpoint["iter_num"], checkpoint["best_val_loss"], checkpoint["time_s"]
-    raw_model = model
-    if s["compile"]:
-        model = torch.compile(model)
-    if ddp:
-        model = DDP(model, device_ids=[int(os.environ["LOCAL_RANK"])] if device_type == "cuda" else None)
-
-    if master:
-        try:
-            out_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise ConfigError(f"cannot create --out_dir {out_dir}: {e.strerror}")
-        settings = dict(s, vocab_size=vocab_size, world_size=world_size, tokens_per_iter=tokens_per_iter,
-                        num_params=raw_model.num_params(), torch=torch.__version__)
-        (out_dir / "config.json").write_text(json.dumps(settings, indent=2) + "\n")
-        if checkpoint is not None and log_path.exists():
-            # drop records from after the checkpoint: the resumed run writes them again
-            kept = [r for r in read_log(log_path) if r["iter"] < iter_num or (r["iter"] == iter_num and "val_loss" in r)]
-            log_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
-        elif checkpoint is None:
-            log_path.write_text("")
-        print(f"{s['model']}: {raw_model.num_params() / 1e6:.2f}M parameters, {tokens_per_iter:,} tokens per step, "
-              f"{world_size} process(es) on {device}, out_dir {out_dir}")
-    flops_per_step = flops_per_token(raw_model, s["block_size"]) * tokens_per_iter
-    device_peak = peak_flops(device, s["dtype"]) * world_size
-
-    def log(record):
-        if master:
-            with open(log_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
-
-    # the evaluation batches are drawn once and reused, so that successive evaluations are comparable
-    eval_batches = {split: batches.get(split, seed=s["seed"] + 1 + k, count=s["eval_iters"] * s["batch_size"])
-                    for k, split in enumerate(("train", "val"))}
-    probe = eval_batches["val"][0][: max(1, norms.PROBE_TOKENS // s["block_size"])]  # for the saturation metrics
-
-    def checkpoint_state():
-        return dict(model=raw_model.state_dict(), optimizer=optimizer.state_dict(), model_name=s["model"],
-                    model_config=dataclasses.asdict(raw_model.config), settings=s, iter_num=iter_num,
-                    best_val_loss=best_val_loss, time_s=time_s, rng_cpu=torch.get_rng_state(),
-                    rng_cuda=torch.cuda.get_rng_state() if device_type == "cuda" else None)
-
-    # SIGINT (Ctrl-C) and SIGTERM (a job scheduler) end the run cleanly at the next step boundary
-    stop_requests = []
-    previous_handlers = {sig: signal.signal(sig, lambda signum, frame: stop_requests.append(signum))
-                         for sig in (signal.SIGINT, signal.SIGTERM)}
-
-    # training loop
-    tracked, last_logged = norms.norm_group(raw_model), None  # for the parameter-norm metrics of the step records
-    resumed, start_iter, start_wall = checkpoint is not None, iter_num, time.time()
-    last_log_time, last_log_iter = time.time(), iter_num
-    loss_sum = torch.zeros((), device=device)  # summed over the steps since the last log line
-    final = {}
-    # a non-finite loss or gradient is noted on the device (no host sync per step) and acted on at the next log
-    # or checkpoint, which it must never reach; --skip_nonfinite instead checks every step and skips bad ones
-    first_bad_iter = torch.full((), -1, dtype=torch.long, device=device)
-    last_saved_iter = iter_num if resumed else None
-    skipped = skipped_since_log = 0
-
-    def stop_if_nonfinite():
-        bad = int(first_bad_iter.item())
+    def stop_if_nonfinite(self):
+        bad = int(self.first_bad_iter.item())
         if bad >= 0:
-            last_good = (f"{ckpt_path} (step {last_saved_iter})" if last_saved_iter is not None else "none was written")
+            run = self.run
+            last_good = (f"{run.out_dir / 'ckpt.pt'} (step {run.last_saved_iter})" if run.last_saved_iter is not None
+                         else "none was written")
             raise TrainingError(f"the loss or gradient norm became non-finite at step {bad}; the last good checkpoint is "
                                 f"{last_good}. Resume it with a lower --learning_rate, or skip such steps "
                                 f"with --skip_nonfinite N")
 
+    def remember_weights(self):
+        if self.run.master:
+            self.before_step = [p.detach().float().clone() for _, p in self.tracked]
+
+    def count(self, step_loss, grad_norm, taken):
+        run, limit = self.run, self.run.s["skip_nonfinite"]
+        if taken:
+            finite = torch.isfinite(grad_norm) & torch.isfinite(step_loss)
+            self.first_bad_iter = torch.where(finite | (self.first_bad_iter >= 0), self.first_bad_iter, run.iter_num)
+            self.loss_sum += step_loss
+            return
+        self.skipped += 1
+        self.skipped_since_log += 1
+        if run.master:
+            print(f"iter {run.iter_num}: non-finite loss or gradient, step skipped ({self.skipped} of at most {limit})")
+        log(run, dict(iter=run.iter_num, skipped=True, skipped_total=self.skipped))
+        if self.skipped > limit:
+            raise TrainingError(f"more than --skip_nonfinite {limit} steps had a non-finite loss or "
+                                f"gradient (the last at step {run.iter_num}); lower --learning_rate")
+
+    def write(self, lr):
+        """The step record of the steps since the last one: the mean loss over them and all processes (the only
+        host sync in the loop), the speed, and the parameter-norm metrics."""
+        run = self.run
+        self.stop_if_nonfinite()
+        steps = run.iter_num - self.last_log_iter
+        counted, self.skipped_since_log = max(1, steps - self.skipped_since_log), 0
+        if run.ddp:
+            dist.all_reduce(self.loss_sum)
+        mean_loss = self.loss_sum.item() / counted / run.world_size
+        self.loss_sum.zero_()
+        now = time.time()
+        ms_per_step = (now - self.last_log_time) * 1000 / steps
+        self.last_log_time, self.last_log_iter = now, run.iter_num
+        record = dict(iter=run.iter_num - 1, tokens=run.iter_num * run.tokens_per_iter, loss=mean_loss, lr=lr,
+                      ms_per_step=ms_per_step, tokens_per_s=run.tokens_per_iter * 1000 / ms_per_step,
+                      time_s=run.time_s, mfu=self.flops_per_step / (ms_per_step / 1000) / self.device_peak)
+        if run.master:
+            record.update(norms.norm_metrics(self.tracked, self.before_step, self.last_logged))
+            self.last_logged = [p.detach().float().clone() for _, p in self.tracked]
+        log(run, record)
+        if run.master:
+            eta = (run.s["max_iters"] - run.iter_num) * ms_per_step / 1000
+            print(f"iter {run.iter_num - 1}: loss {mean_loss:.4f}, lr {lr:.2e}, {ms_per_step:.1f} ms/step, "
+                  f"{record['tokens_per_s']:,.0f} tok/s, mfu {record['mfu']:.1%}, eta {fmt_duration(eta)}")
+
+
+def step(run, step_log):
+    """One optimizer step over gradient_accumulation_steps micro-batches of the global batch, and its step record
+    every log_interval steps."""
+    s, start = run.s, time.time()
+    logging = (run.iter_num + 1) % s["log_interval"] == 0 or run.iter_num + 1 == s["max_iters"]
+    if logging:
+        step_log.remember_weights()
+    lr = get_lr(run.iter_num, s)
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    x_all, y_all = run.batches.get("train", seed=s["seed"] * 1_000_003 + run.iter_num,
+                                   count=s["batch_size"] * s["gradient_accumulation_steps"])
+    micro_steps = s["gradient_accumulation_steps"] // run.world_size  # this process's rows of the batch:
+    mine = [slice(m * s["batch_size"], (m + 1) * s["batch_size"])
+            for m in range(run.rank * micro_steps, (run.rank + 1) * micro_steps)]
+    step_log.count(*train_step(run.model, run.optimizer, [(x_all[rows], y_all[rows]) for rows in mine],
+                               s["grad_clip"], run.autocast, s["skip_nonfinite"] > 0, run.raw_model))
+    run.iter_num += 1
+    run.time_s += time.time() - start
+    if logging:
+        step_log.write(lr)
+
+
+# -----------------------------------------------------------------------------
+
+def main(argv=None):
+    s, module, given = resolve_settings(argv)
+    run = setup_run(s, module, given)
+    # the evaluation batches are drawn once and reused, so that successive evaluations are comparable
+    eval_batches = {split: run.batches.get(split, seed=s["seed"] + 1 + k, count=s["eval_iters"] * s["batch_size"])
+                    for k, split in enumerate(("train", "val"))}
+    probe = eval_batches["val"][0][: max(1, norms.PROBE_TOKENS // s["block_size"])]  # for the saturation metrics
+    step_log = StepLog(run)
+    # SIGINT (Ctrl-C) and SIGTERM (a job scheduler) end the run cleanly at the next step boundary
+    stop_requests = []
+    previous_handlers = {sig: signal.signal(sig, lambda signum, frame: stop_requests.append(signum))
+                         for sig in (signal.SIGINT, signal.SIGTERM)}
+    resumed, start_iter, start_wall = run.last_saved_iter is not None, run.iter_num, time.time()
+    final = {}
+
     while True:
         # evaluate and checkpoint every eval_interval steps and at the end (the resumed start was done already)
-        if (iter_num % s["eval_interval"] == 0 or iter_num == s["max_iters"]) and not (resumed and iter_num == start_iter):
-            stop_if_nonfinite()
-            losses = evaluate(raw_model, eval_batches, s, autocast, rank, world_size)
-            best_val_loss = min(best_val_loss, losses["val"])
-            log(dict(iter=iter_num, tokens=iter_num * tokens_per_iter, train_loss=losses["train"],
-                     val_loss=losses["val"], lr=get_lr(iter_num, s), time_s=time_s, wall_s=time.time() - start_wall,
-                     scales=norms.scale_summary(raw_model), **(norms.eval_metrics(raw_model, probe, s["model"]) if master else {})))
-            if master:
-                print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
-                save_checkpoint(ckpt_path, checkpoint_state())
-            last_saved_iter = iter_num
-            final = dict(iter=iter_num, train_loss=losses["train"], val_loss=losses["val"], best_val_loss=best_val_loss)
-            last_log_time = time.time()  # evaluation time does not count as training time
-        if iter_num >= s["max_iters"]:
+        due = run.iter_num % s["eval_interval"] == 0 or run.iter_num == s["max_iters"]
+        if due and not (resumed and run.iter_num == start_iter):
+            step_log.stop_if_nonfinite()
+            final = evaluate_and_save(run, eval_batches, probe, start_wall)
+            step_log.last_log_time = time.time()  # evaluation time does not count as training time
+        if run.iter_num >= s["max_iters"]:
             break
-        launch_done = s["max_iters_per_launch"] and iter_num - start_iter >= s["max_iters_per_launch"]
-        stop = torch.tensor(float(bool(stop_requests) or bool(launch_done)))
-        if ddp and iter_num % s["log_interval"] == 0:
-            dist.all_reduce(stop, op=dist.ReduceOp.MAX)  # every process stops at the same step
-        if stop.item() > 0 and (not ddp or iter_num % s["log_interval"] == 0):
-            stop_if_nonfinite()
-            if master:
-                save_checkpoint(ckpt_path, checkpoint_state())
+        if stop_requested(run, stop_requests, start_iter):
+            step_log.stop_if_nonfinite()
+            save(run)
+            if run.master:
                 reason = "interrupted" if stop_requests else f"--max_iters_per_launch {s['max_iters_per_launch']} reached"
-                print(f"{reason}: checkpoint of step {iter_num} saved in {ckpt_path}; continue with: "
-                      f"python train.py --model {s['model']} --out_dir {out_dir} --resume")
-            final = dict(final, iter=iter_num, stopped=True)
+                print(f"{reason}: checkpoint of step {run.iter_num} saved in {run.out_dir / 'ckpt.pt'}; continue "
+                      f"with: python train.py --model {s['model']} --out_dir {run.out_dir} --resume")
+            final = dict(final, iter=run.iter_num, stopped=True)
             break
-
-        # one optimizer step over gradient_accumulation_steps micro-batches of the global batch
-        step_start = time.time()
-        logging_step = (iter_num + 1) % s["log_interval"] == 0 or iter_num + 1 == s["max_iters"]
-        if logging_step and master:
-            before_step = [p.detach().float().clone() for _, p in tracked]
-        lr = get_lr(iter_num, s)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        x_all, y_all = batches.get("train", seed=s["seed"] * 1_000_003 + iter_num, count=sequences_per_iter)
-        mine = [slice(m * s["batch_size"], (m + 1) * s["batch_size"])
-                for m in range(rank * micro_steps, (rank + 1) * micro_steps)]  # this process's rows of the batch
-        step_loss, grad_norm, taken = train_step(model, optimizer, [(x_all[rows], y_all[rows]) for rows in mine],
-                                                 s["grad_clip"], autocast, s["skip_nonfinite"] > 0, raw_model)
-        if not taken:
-            skipped += 1
-            if master:
-                print(f"iter {iter_num}: non-finite loss or gradient, step skipped ({skipped} of at most {s['skip_nonfinite']})")
-            log(dict(iter=iter_num, skipped=True, skipped_total=skipped))
-            if skipped > s["skip_nonfinite"]:
-                raise TrainingError(f"more than --skip_nonfinite {s['skip_nonfinite']} steps had a non-finite loss or "
-                                    f"gradient (the last at step {iter_num}); lower --learning_rate")
-            skipped_since_log += 1
-        else:
-            finite = torch.isfinite(grad_norm) & torch.isfinite(step_loss)
-            first_bad_iter = torch.where(finite | (first_bad_iter >= 0), first_bad_iter, iter_num)
-            loss_sum += step_loss
-        iter_num += 1
-        time_s += time.time() - step_start
-
-        if iter_num % s["log_interval"] == 0 or iter_num == s["max_iters"]:
-            # the only host sync in the loop: the mean loss over the steps since the last log, over all processes
-            stop_if_nonfinite()
-            steps = iter_num - last_log_iter
-            counted, skipped_since_log = max(1, steps - skipped_since_log), 0
-            if ddp:
-                dist.all_reduce(loss_sum)
-            mean_loss = loss_sum.item() / counted / world_size
-            loss_sum.zero_()
-            now = time.time()
-            ms_per_step = (now - last_log_time) * 1000 / steps
-            last_log_time, last_log_iter = now, iter_num
-            record = dict(iter=iter_num - 1, tokens=iter_num * tokens_per_iter, loss=mean_loss, lr=lr,
-                          ms_per_step=ms_per_step, tokens_per_s=tokens_per_iter * 1000 / ms_per_step, time_s=time_s,
-                          mfu=flops_per_step / (ms_per_step / 1000) / device_peak)
-            if master:
-                record.update(norms.norm_metrics(tracked, before_step, last_logged))
-                last_logged = [p.detach().float().clone() for _, p in tracked]
-            log(record)
-            if master:
-                eta = (s["max_iters"] - iter_num) * ms_per_step / 1000
-                print(f"iter {iter_num - 1}: loss {mean_loss:.4f}, lr {lr:.2e}, {ms_per_step:.1f} ms/step, "
-                      f"{record['tokens_per_s']:,.0f} tok/s, mfu {record['mfu']:.1%}, eta {fmt_duration(eta)}")
+        step(run, step_log)
 
     for sig, handler in previous_handlers.items():
         signal.signal(sig, handler)
-    if master and not final.get("stopped"):
-        print(f"done: {iter_num - start_iter} steps in {fmt_duration(time.time() - start_wall)}, "
-              f"final val loss {final.get('val_loss', float('nan')):.4f}, best {best_val_loss:.4f}")
-    if ddp:
+    if run.master and not final.get("stopped"):
+        print(f"done: {run.iter_num - start_iter} steps in {fmt_duration(time.time() - start_wall)}, "
+              f"final val loss {final.get('val_loss', float('nan')):.4f}, best {run.best_val_loss:.4f}")
+    if run.ddp:
         # wait for rank 0 to finish writing: a process that tears gloo down while its peer is still busy aborts
         dist.barrier()
         dist.destroy_process_group()

@@ -7,6 +7,7 @@ import pytest
 from conftest import REPO  # noqa: F401  (puts the repo on sys.path)
 import bench
 import gpt
+import settings
 import train
 import variants
 
@@ -26,7 +27,7 @@ def test_bench_times_every_model_and_writes_json(tmp_path):
                           "--batch_size", "2", "--rounds", "2", "--steps", "1", "--warmup", "1", "--device", "cpu",
                           "--control", "--json", str(out)])
     saved = json.loads(out.read_text())
-    expected = [k for k in variants.ARCHITECTURES if variants.VARIANTS[k][0] in train.MODELS] + ["gpt_control"]
+    expected = [k for k in variants.ARCHITECTURES if variants.VARIANTS[k][0] in settings.MODELS] + ["gpt_control"]
     assert list(saved) == expected and saved == json.loads(json.dumps(results))
     assert saved["gpt"]["ratios"]["gpt"] == dict(median=1.0, quartiles=[1.0, 1.0])
     assert saved["gpt_qk"]["ratios"]["gpt_qk"] == dict(median=1.0, quartiles=[1.0, 1.0])

@@ -8,6 +8,7 @@ import pytest
 from conftest import TINY
 import compare
 import norms
+import settings
 import train
 
 # one layer and 20 steps: enough for two distinct eval curves in a second or two per run
@@ -116,7 +117,7 @@ def test_norms_trains_the_three_recipes_and_gpt_without_decay_at_a_constant_lr(c
     data_dir, name = char_dataset
     results = compare.main(["--norms", "--iters", "4", "--seeds", "1", "--out_dir", str(tmp_path), *TINY,
                             "--n_layer", "1", "--eval_interval", "2", "--data_dir", data_dir, "--dataset", name])
-    assert list(results["models"]) == [k for k in compare.NORMS_KEYS if compare.VARIANTS[k][0] in train.MODELS]
+    assert list(results["models"]) == [k for k in compare.NORMS_KEYS if compare.VARIANTS[k][0] in settings.MODELS]
     config = json.loads((tmp_path / "runs" / "gpt_const-s0" / "config.json").read_text())
     assert config["weight_decay"] == 0 and config["decay_lr"] is False
     assert (tmp_path / "heads.png").read_bytes().startswith(PNG_SIGNATURE)

@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from conftest import REPO  # noqa: F401  (puts the repo on sys.path)
+import settings
 import train
 
-MODELS = list(train.MODELS)
+MODELS = list(settings.MODELS)
 VOCAB = 65
 
 
@@ -27,7 +28,7 @@ def test_every_model_file_has_the_shared_interface(name):
     module = importlib.import_module(name)
     assert dataclasses.is_dataclass(module.Config)
     fields = {f.name for f in dataclasses.fields(module.Config)}
-    assert set(train.SIZE_FIELDS) <= fields
+    assert set(settings.SIZE_FIELDS) <= fields
     assert set(module.RECIPE) == {"learning_rate", "min_lr_ratio", "warmup_iters", "weight_decay",
                                   "beta1", "beta2", "eps", "grad_clip"}
     for method in ("forward", "optimizer_groups", "after_step", "generate", "num_params"):

@@ -11,6 +11,7 @@ from torch.nn import functional as F
 
 from conftest import TINY
 import norms
+import settings
 import train
 import variants
 
@@ -19,7 +20,7 @@ SIZES = dict(block_size=32, vocab_size=65, n_layer=3, n_head=2, n_embd=32)
 
 def fresh(name, **options):
     torch.manual_seed(0)
-    module = train.load_model_module(name)
+    module = settings.load_model_module(name)
     return module.Model(module.Config(**SIZES, **options))
 
 
@@ -65,7 +66,7 @@ def test_a_random_init_gpt_is_far_from_its_saturated_version():
     assert max(sat) < 0.5  # random init is far from saturated (Merrill et al., sec. 4.1, Fig. 2)
 
 
-@pytest.mark.parametrize("name", train.MODELS)
+@pytest.mark.parametrize("name", settings.MODELS)
 def test_the_metrics_leave_the_live_model_as_it_was(name):
     model = fresh(name)
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -100,7 +101,7 @@ def test_the_gpt_logit_multiplier_is_the_same_as_scaling_w_q():
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.skipif("ngpt" not in train.MODELS, reason="needs ngpt.py")
+@pytest.mark.skipif("ngpt" not in settings.MODELS, reason="needs ngpt.py")
 def test_the_ngpt_logit_multiplier_is_the_same_as_scaling_s_qk_by_sqrt_c():
     model, idx, c = fresh("ngpt"), probe(), 9.0
     multiplied = outputs_with_logits_times(model, idx, c)
@@ -137,7 +138,7 @@ def test_head_statistics_ignore_the_future_keys():
     assert stats["n_eff"][0] == pytest.approx(expected, rel=1e-4)
 
 
-@pytest.mark.parametrize("name", train.MODELS)
+@pytest.mark.parametrize("name", settings.MODELS)
 def test_the_eval_metrics_have_one_value_per_layer_and_head(name):
     metrics = norms.eval_metrics(fresh(name), probe(), name)
     L, H = SIZES["n_layer"], SIZES["n_head"]

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from conftest import REPO, TINY, run_script
+import settings
 import train
 
 
@@ -125,7 +126,7 @@ def test_a_process_killed_while_saving_leaves_a_loadable_checkpoint(char_dataset
     assert saved_iters == sorted(saved_iters) and saved_iters[-1] > 0  # each launch resumed and saved anew
 
 
-@pytest.mark.parametrize("model", train.MODELS)
+@pytest.mark.parametrize("model", settings.MODELS)
 def test_resume_is_exact_with_two_processes(char_dataset, tmp_path, model):
     common = ["--model", model, "--max_iters", "8", "--eval_interval", "4", "--log_interval", "1",
               "--gradient_accumulation_steps", "2"]
@@ -178,8 +179,8 @@ def bad_input_cases(char_dataset, finished_run, tmp_path):
         "corrupt checkpoint": (tiny_args(char_dataset, corrupt, "--resume"), corrupt, "cannot read checkpoint"),
         "checkpoint of another config": (tiny_args(char_dataset, finished_run, "--resume", "--n_embd", "64"),
                                          finished_run, "other model settings"),
-        "checkpoint of another model": (tiny_args(char_dataset, finished_run, "--resume", model=train.MODELS[-1])
-                                        if len(train.MODELS) > 1 else None, finished_run, "holds a gpt model"),
+        "checkpoint of another model": (tiny_args(char_dataset, finished_run, "--resume", model=settings.MODELS[-1])
+                                        if len(settings.MODELS) > 1 else None, finished_run, "holds a gpt model"),
         "a finished run without --resume": (tiny_args(char_dataset, finished_run), finished_run, "already holds a run"),
         "out_dir not writable": (fresh[:-1] + [str(a_file / "out"), "--dataset", "short"], a_file, "not a writable folder"),
         "invalid size": (fresh + ["--n_layer", "0"], new_out, "--n_layer must be at least 1"),

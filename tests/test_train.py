@@ -1,4 +1,4 @@
-"""train.py end to end: logs, checkpoints, resume, DDP, settings, bad input; and sample.py on its checkpoint."""
+"""train.py end to end: logs, checkpoints, resume, DDP, bad input; and sample.py on its checkpoint."""
 
 import json
 import math
@@ -9,6 +9,7 @@ import torch
 
 from conftest import TINY, run_script
 import norms
+import settings
 import train
 
 
@@ -44,7 +45,7 @@ def test_a_run_writes_the_log_the_config_and_a_checkpoint(tiny_run):
     assert evals[-1]["tokens"] == 6 * 4 * 32
     assert final["val_loss"] == evals[-1]["val_loss"]
     config = json.loads((out_dir / "config.json").read_text())
-    assert config["model"] == "gpt" and config["n_embd"] == 32 and config["learning_rate"] == train.load_model_module("gpt").RECIPE["learning_rate"]
+    assert config["model"] == "gpt" and config["n_embd"] == 32 and config["learning_rate"] == settings.load_model_module("gpt").RECIPE["learning_rate"]
     ckpt = torch.load(out_dir / "ckpt.pt", weights_only=True)
     assert ckpt["iter_num"] == 6 and ckpt["model_name"] == "gpt"
     assert ckpt["best_val_loss"] == min(r["val_loss"] for r in evals)
@@ -57,7 +58,7 @@ def test_loss_goes_down_in_a_short_run(char_dataset, tmp_path):
     assert first_eval["val_loss"] > 3.8 and final["val_loss"] < first_eval["val_loss"] - 0.8
 
 
-@pytest.mark.parametrize("model", train.MODELS)
+@pytest.mark.parametrize("model", settings.MODELS)
 def test_resume_continues_with_the_same_losses_as_an_uninterrupted_run(char_dataset, tmp_path, model):
     # stopped at step 6 of 12, when every model's LR is already decaying: nGPT and anGPT have no warmup, and
     # GPT's is cut to 2 steps
@@ -108,18 +109,6 @@ def test_the_lr_schedule_warms_up_linearly_then_decays_by_cosine_to_min_lr():
     assert train.get_lr(0, no_warmup) == 1.0 and train.get_lr(50, no_warmup) == pytest.approx(0.5)
 
 
-def test_settings_come_from_preset_then_recipe_then_command_line():
-    s, module, _ = train.resolve_settings(["--model", "gpt", "--device", "cpu"])
-    assert (s["preset"], s["n_layer"], s["n_embd"], s["block_size"], s["batch_size"], s["max_iters"]) == \
-        ("cpu", 4, 128, 64, 12, 2000)
-    assert s["learning_rate"] == module.RECIPE["learning_rate"] and s["weight_decay"] == module.RECIPE["weight_decay"]
-    assert s["min_lr"] == pytest.approx(s["learning_rate"] * module.RECIPE["min_lr_ratio"])
-    s, _, _ = train.resolve_settings(["--model", "gpt", "--device", "cpu", "--preset", "gpu", "--n_layer=3",
-                                   "--learning_rate", "1e-2", "--qk_norm", "true"])
-    assert (s["n_layer"], s["n_embd"], s["block_size"], s["learning_rate"], s["qk_norm"]) == (3, 384, 256, 1e-2, "true")
-    assert s["out_dir"] == "out/gpt"
-
-
 BAD_INPUTS = {
     "unknown model": ["--model", "transformerxl"],
     "n_embd not divisible by n_head": ["--model", "gpt", "--n_embd", "100", "--n_head", "3"],
@@ -145,13 +134,6 @@ def test_bad_input_exits_with_one_clear_error_line(case, tmp_path):
 def test_help_works(script):
     result = run_script(script, "--help")
     assert result.returncode == 0 and "usage:" in result.stdout
-
-
-def test_help_shows_the_defaults_of_every_preset_and_model():
-    help_text = train.build_parser().format_help()
-    assert "cpu 2000, gpu 5000" in help_text  # --max_iters by preset
-    assert "gpt 0.1" in help_text  # --weight_decay from gpt's RECIPE
-    assert "--qk_norm" in help_text and "--rope" in help_text
 
 
 def test_sample_prints_text_from_a_checkpoint(tiny_run):
@@ -188,9 +170,9 @@ def test_gpt2_bpe_data_trains_and_samples(tmp_path, monkeypatch, tiny_shakespear
     assert result.stdout.startswith("KING RICHARD")
 
 
-@pytest.mark.parametrize("name", train.MODELS)
+@pytest.mark.parametrize("name", settings.MODELS)
 def test_the_norm_group_holds_the_block_matrices_and_nothing_else(name):
-    module = train.load_model_module(name)
+    module = settings.load_model_module(name)
     model = module.Model(module.Config(block_size=16, vocab_size=65, n_layer=2, n_head=2, n_embd=32))
     tracked = {id(p) for _, p in norms.norm_group(model)}
     names = [n for n, p in model.named_parameters() if id(p) in tracked]
@@ -225,14 +207,14 @@ def test_eval_records_carry_saturation_and_head_statistics_per_layer(tiny_run):
 
 
 def test_decay_lr_false_keeps_the_learning_rate_constant_after_warmup():
-    s = train.resolve_settings(["--model", "gpt", "--decay_lr", "false", "--warmup_iters", "10"])[0]
+    s = settings.resolve_settings(["--model", "gpt", "--decay_lr", "false", "--warmup_iters", "10"])[0]
     assert train.get_lr(4, s) < s["learning_rate"]
     assert [train.get_lr(it, s) for it in (10, 500, s["max_iters"])] == [s["learning_rate"]] * 3
-    decayed = train.resolve_settings(["--model", "gpt", "--warmup_iters", "10"])[0]
+    decayed = settings.resolve_settings(["--model", "gpt", "--warmup_iters", "10"])[0]
     assert train.get_lr(decayed["max_iters"], decayed) == decayed["min_lr"]
 
 
-@pytest.mark.skipif("ngpt" not in train.MODELS, reason="needs ngpt.py")
+@pytest.mark.skipif("ngpt" not in settings.MODELS, reason="needs ngpt.py")
 def test_ngpt_parameter_norm_does_not_grow(char_dataset, tmp_path):
     train_tiny(char_dataset, tmp_path, "--max_iters", "20", "--eval_interval", "20", "--log_interval", "5",
                model="ngpt")

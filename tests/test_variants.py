@@ -5,23 +5,23 @@ import dataclasses
 import pytest
 
 from conftest import REPO  # noqa: F401  (puts the repo on sys.path)
-import train
+import settings
 import variants
 
 
 @pytest.mark.parametrize("key", variants.VARIANTS)
 def test_every_variant_is_a_model_file_and_options_train_py_accepts(key):
     file, options, name = variants.VARIANTS[key]
-    assert file in train.MODELS and name and key in variants.COLORS
-    parsed = vars(train.build_parser().parse_args(["--model", file, *options]))
+    assert file in settings.MODELS and name and key in variants.COLORS
+    parsed = vars(settings.build_parser().parse_args(["--model", file, *options]))
     for option, text in zip(options[::2], options[1::2]):
         value = parsed[option[2:]]
-        assert value == (train.parse_bool(text) if isinstance(value, bool) else type(value)(text)), option
+        assert value == (settings.parse_bool(text) if isinstance(value, bool) else type(value)(text)), option
 
 
 @pytest.mark.parametrize("key", variants.ARCHITECTURES)
 def test_each_architecture_builds_from_its_config_options(key):
-    module = train.load_model_module(variants.VARIANTS[key][0])
+    module = settings.load_model_module(variants.VARIANTS[key][0])
     fields = {f.name for f in dataclasses.fields(module.Config)}
     options = variants.config_options(key)
     assert set(options) <= fields
@@ -35,7 +35,7 @@ def test_recipe_variants_have_no_config_options():
 
 
 def test_runs_are_named_by_the_variant_their_settings_match():
-    gpt = train.resolve_settings(["--model", "gpt"])[0]
+    gpt = settings.resolve_settings(["--model", "gpt"])[0]
     assert variants.variant_of(gpt) == "gpt"
     assert variants.variant_of(dict(gpt, qk_norm="true")) == "gpt_qk"
     assert variants.variant_of(dict(gpt, qk_norm="rms")) == "gpt_qk_rms"
@@ -43,7 +43,7 @@ def test_runs_are_named_by_the_variant_their_settings_match():
     assert variants.variant_of(dict(gpt, weight_decay=0.0)) == "gpt"  # decaying LR: not the sqrt(t) setting
     older = {k: v for k, v in gpt.items() if k != "decay_lr"}  # a run logged before --decay_lr existed
     assert variants.variant_of(older) == "gpt"
-    assert variants.variant_of(train.resolve_settings(["--model", "ngpt"])[0]) == "ngpt"
+    assert variants.variant_of(settings.resolve_settings(["--model", "ngpt"])[0]) == "ngpt"
 
 
 def test_run_folders_finds_runs_and_names_a_folder_without_any(tmp_path):
