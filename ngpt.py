@@ -167,11 +167,9 @@ class MLP(nn.Module):
         self.sqrt_n_embd = math.sqrt(config.n_embd)
 
     def forward(self, x):
-        # u <- u s_u, v <- v s_v sqrt(n_embd): each entry of v is a cosine, where SiLU is nearly linear; sqrt(n_embd)
-        # brings the gate's input back to where SiLU bends. NVIDIA's code multiplies u by sqrt(n_embd) too, which
-        # the block's Norm of the output removes. Scaling an output of c_fc is scaling its row of the matrix: done on
-        # the (8 n_embd, n_embd) matrix, which is smaller than the (tokens, 8 n_embd) output when a batch has more
-        # than n_embd tokens, and so cheaper, forward and backward
+        # u <- u s_u, v <- v s_v sqrt(n_embd): each entry of v is a cosine, where SiLU is nearly linear,
+        # and sqrt(n_embd) brings it back to where SiLU bends (NVIDIA's code scales u by sqrt(n_embd) too: the Norm of
+        # the block's output removes it). Applied to the rows of c_fc, which is cheaper than to its output
         scale = (self.s_uv() * self.sqrt_n_embd).unsqueeze(1)  # (8 n_embd, 1): one factor per row
         u, v = F.linear(x, self.c_fc.weight * scale).chunk(2, dim=-1)
         return self.c_proj(u * F.silu(v))
@@ -193,13 +191,9 @@ class Block(nn.Module):
         self.alpha_mlp = Scale(config.n_embd, config.alpha_init, config.base_scale)
 
     def forward(self, h, tables):
-        # eq. (10-11), h_A = Norm(Attn(h)) and h_M = Norm(MLP(h)); abs() keeps the eigen learning rates
-        # positive (the paper reports the same results for signed ones, appendix A.2)
-        # NVIDIA's code steps from Norm(h) rather than h: the same value (h is a unit vector already), but the
-        # gradient through Norm(h) loses its component along h. That matters for the first block's input, the token
-        # embeddings, which are not normalized in the forward: without it their first Adam step (about lr * sign(grad))
-        # differs from NVIDIA's where the gradient is near zero (tests/test_ngpt.py, the golden step). The MLP's step
-        # skips it: its h is the output of a Norm, whose backward removes that component already
+        # eq. (10-11), h_A = Norm(Attn(h)) and h_M = Norm(MLP(h)); abs() keeps the eigen learning rates positive (the
+        # paper reports the same results for signed ones, appendix A.2). Norm(h) in the first step, as NVIDIA's code:
+        # the same value, but its backward removes the gradient's component along h, which the token embeddings see
         h = step_on_sphere(norm(h), norm(self.attn(h, tables)), self.alpha_attn().abs())
         h = step_on_sphere(h, norm(self.mlp(h)), self.alpha_mlp().abs())
         return h
@@ -299,8 +293,7 @@ class Model(nn.Module):
         normalize_matrices() in its train.py. The n_embd axis is dim 1 of the (out, n_embd) matrices (wte,
         lm_head, c_attn, c_fc) and dim 0 of the (n_embd, in) output projections (the two c_proj).
         One norm per matrix and one batched division over all of them, in fp32; the scale vectors stay as they are.
-        The column norms of c_proj are taken as the root of a sum of squares: Tensor.norm along dim 0 takes a strided
-        path on CPU that made it 4x slower (after_step was 2.7 ms of nGPT's 120 ms step at the CPU preset, now 1.9).
+        (c_proj's column norms as a root of a sum of squares: Tensor.norm along dim 0 is slow on CPU.)
         """
         matrices = [(name, p) for name, p in self.named_parameters() if p.dim() == 2]
         weights = [p.float() for _, p in matrices]  # the parameters themselves when they are fp32
