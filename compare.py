@@ -710,6 +710,36 @@ def sweep_command(p, args, rest, out_dir, command):
     return results
 
 
+def read_runs(p, args, rest):
+    """--runs DIR ...: the runs found there, of --models only if given; (runs, no LR sweep)."""
+    if rest:
+        p.error(f"{' '.join(rest)}: train.py options have no effect with --runs")
+    runs = find_runs(args.runs)
+    if args.models:
+        runs = [r for r in runs if r["key"] in args.models.split(",")]
+    return runs, None
+
+
+def train_runs(p, args, rest, out_dir):
+    """Train (or reuse) every model's runs, seed by seed, after the LR sweep if asked; (runs, the sweep's losses)."""
+    if args.lr_sweep and has_option(rest, "--learning_rate"):
+        p.error("--learning_rate and --lr-sweep: choose one")
+    keys = training_keys(p, args, rest, out_dir)
+    lr_sweep_losses, lrs = None, {}
+    if args.lr_sweep:
+        lr_sweep_losses = lr_sweep(keys, args, rest, out_dir)
+        lrs = {key: min(losses, key=losses.get) for key, losses in lr_sweep_losses.items()}
+        print("learning rates from the sweep: " + ", ".join(f"{label(k)} {lr:g}" for k, lr in lrs.items()))
+    folders, total = [], args.seeds * len(keys)
+    for seed in range(args.seeds):  # interleaved: machine noise hits every model alike
+        for key in keys:
+            folder = out_dir / "runs" / f"{key}-s{seed}"
+            train_run(run_argv(key, seed, folder, args, rest, learning_rate=lrs.get(key)),
+                      f"[{len(folders) + 1}/{total}] {label(key)} seed {seed}")
+            folders.append(folder)
+    return [read_run(f) for f in folders], lr_sweep_losses
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     # train.py's parser class: errors as one line; no abbreviations, so that train.py's --seed is not our --seeds
@@ -742,30 +772,7 @@ def main(argv=None):
     if args.sweep:
         return sweep_command(p, args, rest, out_dir, command)
 
-    lr_sweep_losses = None
-    if args.runs:
-        if rest:
-            p.error(f"{' '.join(rest)}: train.py options have no effect with --runs")
-        runs = find_runs(args.runs)
-        if args.models:
-            runs = [r for r in runs if r["key"] in args.models.split(",")]
-    else:
-        if args.lr_sweep and has_option(rest, "--learning_rate"):
-            p.error("--learning_rate and --lr-sweep: choose one")
-        keys = training_keys(p, args, rest, out_dir)
-        lrs = {}
-        if args.lr_sweep:
-            lr_sweep_losses = lr_sweep(keys, args, rest, out_dir)
-            lrs = {key: min(losses, key=losses.get) for key, losses in lr_sweep_losses.items()}
-            print("learning rates from the sweep: " + ", ".join(f"{label(k)} {lr:g}" for k, lr in lrs.items()))
-        folders, total = [], args.seeds * len(keys)
-        for seed in range(args.seeds):  # interleaved: machine noise hits every model alike
-            for key in keys:
-                folder = out_dir / "runs" / f"{key}-s{seed}"
-                train_run(run_argv(key, seed, folder, args, rest, learning_rate=lrs.get(key)),
-                          f"[{len(folders) + 1}/{total}] {label(key)} seed {seed}")
-                folders.append(folder)
-        runs = [read_run(f) for f in folders]
+    runs, lr_sweep_losses = read_runs(p, args, rest) if args.runs else train_runs(p, args, rest, out_dir)
     if not runs:
         raise ConfigError("no runs to compare")
     if args.baseline and args.baseline not in {r["key"] for r in runs}:

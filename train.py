@@ -119,7 +119,7 @@ class Batches:
 
 def token_windows(tokens, length, count, seed):
     """`count` windows of the token stream at starts drawn with `seed`, as (x, y): the inputs and the next-token
-    targets, (count, length) int64 each, on the CPU. The training batches and compare.py's evaluation at other
+    targets, (count, length) int64 each, on the CPU. The training batches and extrapolate.py's evaluation at other
     context lengths are both cut here."""
     g = torch.Generator().manual_seed(seed)
     starts = torch.randint(len(tokens) - length, (count,), generator=g).tolist()
@@ -184,7 +184,7 @@ def peak_flops(device, dtype):
 
 
 # -----------------------------------------------------------------------------
-# Checkpoints and logs
+# The training step
 
 def train_step(model, optimizer, micro_batches, grad_clip, autocast=nullcontext(), skip_nonfinite=False,
                raw_model=None):
@@ -215,6 +215,9 @@ def train_step(model, optimizer, micro_batches, grad_clip, autocast=nullcontext(
     return step_loss, grad_norm, True
 
 
+# -----------------------------------------------------------------------------
+# Checkpoints
+
 def save_checkpoint(path, state):
     """Write to a temporary file beside the target, then rename: a crash leaves the old checkpoint intact."""
     tmp = path.with_name(path.name + ".tmp")
@@ -233,7 +236,7 @@ def load_checkpoint(path):
 
 
 def load_trained_model(path, device="cpu"):
-    """(model in eval mode on device, checkpoint) from a train.py checkpoint: how sample.py and compare.py read one.
+    """(model in eval mode on device, checkpoint) from a train.py checkpoint, as sample.py and extrapolate.py read it.
     Every way a file can be wrong for this (not a checkpoint, a model file that is gone or changed) is a ConfigError.
     """
     checkpoint = load_checkpoint(path)
