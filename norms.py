@@ -387,10 +387,6 @@ def plot_heads(models, path, title):
     plt.close(fig)
 
 
-def fmt(value, spec, none="-"):
-    return none if value is None else format(value, spec)
-
-
 def markdown(models):
     """The results.md sections of these metrics, as lines: the parameter norm, saturation and attention heads, and
     the hidden-state norm, each where every model has it."""
@@ -402,7 +398,7 @@ def markdown(models):
             n = m["norms"]
             lines.append(f"| {m['label']} | {n['param_norm'][0]:.1f} (step {n['iters'][0] + 1}) | "
                          f"{n['param_norm'][-1]:.1f} | {n['param_norm'][-1] / n['param_norm'][0]:.2f}x | "
-                         f"{fmt(n['exponent'], '.3f')} |")
+                         f"{'-' if n['exponent'] is None else format(n['exponent'], '.3f')} |")
         lines += ["", "The norm of the 2-D weights inside the blocks (no embeddings, no output head, no gains or "
                   "scales), mean over seeds. Late slope: OLS of log(norm) on log(step) over the second half of the "
                   "run; sqrt(t) growth gives 0.5, a constant norm 0.", ""]

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import torch
 from torch.nn import functional as F
-from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import angpt
@@ -265,24 +264,3 @@ def test_after_training_every_row_is_in_the_unit_ball(trained):
     model, _ = trained
     for name, n in row_norms(model).items():
         assert bool((n <= 1 + 1e-6).all()), name
-
-
-class CountTorchCalls(TorchFunctionMode):
-    def __init__(self):
-        super().__init__()
-        self.calls = 0
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        self.calls += 1
-        return func(*args, **(kwargs or {}))
-
-
-def test_after_step_does_not_loop_over_rows():
-    # the number of torch calls in after_step() depends on the number of matrices, not on their sizes
-    counts = []
-    for vocab_size in (VOCAB, 50 * VOCAB):
-        model = tiny_model(vocab_size=vocab_size)
-        with CountTorchCalls() as counter:
-            model.after_step()
-        counts.append(counter.calls)
-    assert counts[0] == counts[1]

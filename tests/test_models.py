@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
 
 from conftest import REPO  # noqa: F401  (puts the repo on sys.path)
 import settings
@@ -179,3 +180,25 @@ def test_the_forward_compiles_as_one_graph_without_breaks(name):
     explanation = torch._dynamo.explain(model)(idx, idx)
     assert explanation.graph_break_count == 0, explanation.break_reasons
     assert explanation.graph_count == 1
+
+
+class CountTorchCalls(TorchFunctionMode):
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.calls += 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("name", [m for m in MODELS if m != "gpt"])  # gpt has no invariant to keep
+def test_after_step_does_not_loop_over_rows(name):
+    # the number of torch calls in after_step() depends on the number of matrices, not on their sizes
+    counts = []
+    for vocab_size in (VOCAB, 50 * VOCAB):
+        _, model = tiny_model(name, vocab_size=vocab_size)
+        with CountTorchCalls() as counter:
+            model.after_step()
+        counts.append(counter.calls)
+    assert counts[0] == counts[1]

@@ -7,7 +7,6 @@ import math
 
 import pytest
 import torch
-from torch.overrides import TorchFunctionMode
 
 from conftest import LOCAL_DATA
 import ngpt
@@ -199,27 +198,6 @@ def test_the_sign_of_the_eigen_learning_rates_does_not_matter():
             block.alpha_attn.weight.neg_()
             block.alpha_mlp.weight.neg_()
         assert torch.equal(model(idx, idx)[0], before)
-
-
-class CountTorchCalls(TorchFunctionMode):
-    def __init__(self):
-        super().__init__()
-        self.calls = 0
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        self.calls += 1
-        return func(*args, **(kwargs or {}))
-
-
-def test_after_step_does_not_loop_over_rows():
-    # the number of torch calls in after_step() depends on the number of matrices, not on their sizes
-    counts = []
-    for vocab_size in (VOCAB, 50 * VOCAB):
-        model = tiny_model(vocab_size=vocab_size)
-        with CountTorchCalls() as counter:
-            model.after_step()
-        counts.append(counter.calls)
-    assert counts[0] == counts[1]
 
 
 def test_norm_has_the_value_and_gradient_of_x_over_its_length():
