@@ -36,11 +36,8 @@ Choices where the paper and the official code differ, or where either is unclear
     on the value of h, but it changes the gradient that reaches the token embeddings (step_on_sphere).
   - alpha_init = 0.05, the code's and the paper's value ("in order of 1/n_layers"), not 1/n_layer.
   - Norm(x) = x / ||x|| without an epsilon, as the code (NVIDIA/ngpt issue #7); computed in fp32.
-  - Parameters are stored in fp32, which keeps the comparison with gpt.py fair. NVIDIA's code stores the block
-    matrices in bf16 since commit 6dcc109; its README says that "greatly degrades" the GPT baseline. Under bf16
-    autocast the matmuls still run in bf16, and attention runs in the dtype of v, as NVIDIA's flash attention.
-  - Peak LR 8e-3, tuned on the CPU preset (results/README.md, "Learning rates"): 4x GPT's, where the paper finds
-    similar optimal LRs for both at 0.5-1B. nGPT's LR does not transfer across width or run length.
+  - Parameters are stored in fp32, as gpt.py's (NVIDIA's code stores the block matrices in bf16 since commit
+    6dcc109); under bf16 autocast the matmuls and attention still run in bf16, as NVIDIA's flash attention.
 """
 
 import math
