@@ -501,6 +501,9 @@ class StepLog:
         self.skipped = self.skipped_since_log = 0
         self.last_log_time, self.last_log_iter = time.time(), run.iter_num
         self.tracked, self.last_logged, self.before_step = norms.norm_group(run.raw_model), None, None
+        if run.last_saved_iter is not None and run.iter_num % run.s["log_interval"] == 0:
+            # resumed right after a step record: its parameters are the ones that record saw (for dir_cos)
+            self.last_logged = [p.detach().float().clone() for _, p in self.tracked]
         self.flops_per_step = flops_per_token(run.raw_model, run.s["block_size"]) * run.tokens_per_iter
         self.device_peak = peak_flops(run.s["device"], run.s["dtype"]) * run.world_size
 

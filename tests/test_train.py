@@ -78,7 +78,7 @@ def test_resume_continues_with_the_same_losses_as_an_uninterrupted_run(char_data
     whole, parts = read_log(tmp_path / "whole"), read_log(tmp_path / "parts")
     assert [r["iter"] for r in whole] == [r["iter"] for r in parts]
     for a, b in zip(whole, parts):
-        for key in ("loss", "val_loss", "train_loss", "lr", "param_norm"):
+        for key in ("loss", "val_loss", "train_loss", "lr", "param_norm", "rel_step", "dir_cos"):
             if key in a:
                 assert a[key] == b[key], (a["iter"], key)  # bit for bit, not approximately
     final = [torch.load(tmp_path / run / "ckpt.pt", weights_only=True)["model"] for run in ("whole", "parts")]
