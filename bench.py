@@ -64,6 +64,7 @@ def parse_args(argv):
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default=None, help="float32 or bfloat16 (default: bfloat16 on CUDA, float32 on CPU)")
     p.add_argument("--compile", action="store_true", help="also time the torch.compile'd models")
+    p.add_argument("--compiled_only", action="store_true", help="with --compile: time the compiled models only")
     p.add_argument("--control", action="store_true", help="also time a second GPT (gpt_control), the noise floor")
     p.add_argument("--rounds", type=int, default=20, help="timed rounds; each model takes --steps steps per round")
     p.add_argument("--steps", type=int, default=5)
@@ -78,6 +79,8 @@ def parse_args(argv):
         p.error(f"unknown or missing model(s): {', '.join(unknown)}")
     if args.n_embd % args.n_head:
         p.error(f"n_embd ({args.n_embd}) must be divisible by n_head ({args.n_head})")
+    if args.compiled_only and not args.compile:
+        p.error("--compiled_only goes with --compile")
     return args
 
 
@@ -92,7 +95,8 @@ def build_contenders(args, x, y, autocast):
         model = module.Model(module.Config(**size, **config_options(variant))).to(args.device)
         model.after_step()
         step = make_step(model, module, x, y, autocast)
-        contenders[key] = (step, model, model)
+        if not args.compiled_only:
+            contenders[key] = (step, model, model)
         if args.compile:
             explanation = torch._dynamo.explain(model)(x, y)
             print(f"{key}: torch.compile sees {explanation.graph_count} graph(s), "
@@ -154,7 +158,7 @@ def print_table(results, args, peak):
         ratios = " | ".join("{median:.3f}x ({quartiles[0]:.3f}-{quartiles[1]:.3f})".format(**r["ratios"][b])
                             for b in baselines)
         print(f"| {name} | {r['ms_per_step']:.2f} | {ratios} | {r['tokens_per_s']:,.0f} | {r['mfu']:.1%} |")
-    if args.compile:
+    if args.compile and not args.compiled_only:
         for key in args.keys:
             gain = results[key]["ms_per_step"] / results[key + "+compile"]["ms_per_step"]
             print(f"{key}: torch.compile {'helped' if gain > 1 else 'did not help'} ({gain:.2f}x the eager speed)")
