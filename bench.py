@@ -147,17 +147,23 @@ def summarize(contenders, times, args, peak):
     return results
 
 
-def print_table(results, args, peak):
-    baselines = [b for b in BASELINES if b in args.keys]
-    print(f"\n{args.device} {args.dtype}, {args.n_layer} layers, width {args.n_embd}, {args.n_head} heads, context "
-          f"{args.block_size}, batch {args.batch_size}; median of {args.rounds} interleaved rounds of {args.steps} "
-          f"steps; peak {peak / 1e12:.3g} TFLOP/s\n")
-    print("| model | ms/step | " + " | ".join(f"vs {b} (middle half of rounds)" for b in baselines) + " | tokens/s | MFU |")
-    print("|---|---|" + "---|" * len(baselines) + "---|---|")
+def markdown_table(results, baselines):
+    """The results as a markdown table: ms/step, the ratio to each baseline with the middle half of the rounds,
+    tokens/s and MFU."""
+    lines = ["| model | ms/step | " + " | ".join(f"vs {b} (middle half of rounds)" for b in baselines)
+             + " | tokens/s | MFU |", "|---|---|" + "---|" * len(baselines) + "---|---|"]
     for name, r in results.items():
         ratios = " | ".join("{median:.3f}x ({quartiles[0]:.3f}-{quartiles[1]:.3f})".format(**r["ratios"][b])
                             for b in baselines)
-        print(f"| {name} | {r['ms_per_step']:.2f} | {ratios} | {r['tokens_per_s']:,.0f} | {r['mfu']:.1%} |")
+        lines.append(f"| {name} | {r['ms_per_step']:.2f} | {ratios} | {r['tokens_per_s']:,.0f} | {r['mfu']:.1%} |")
+    return lines
+
+
+def print_table(results, args, peak):
+    print(f"\n{args.device} {args.dtype}, {args.n_layer} layers, width {args.n_embd}, {args.n_head} heads, context "
+          f"{args.block_size}, batch {args.batch_size}; median of {args.rounds} interleaved rounds of {args.steps} "
+          f"steps; peak {peak / 1e12:.3g} TFLOP/s\n")
+    print("\n".join(markdown_table(results, [b for b in BASELINES if b in args.keys])))
     if args.compile and not args.compiled_only:
         for key in args.keys:
             gain = results[key]["ms_per_step"] / results[key + "+compile"]["ms_per_step"]

@@ -80,7 +80,7 @@ PRESETS = {
                 eval_iters=100, log_interval=10, compile=True),
     # the papers' regime on one GPU: web text in GPT-2 BPE (FineWeb's 10B sample, the speedrun's shards), context
     # 1k, GPT-2 small's width and depth, 128 sequences (131k tokens) per step, 2000 steps = 262M tokens per run:
-    # at 1.03 GFLOP per token and 40% MFU of an H100, compare.py's five models in about an hour (README, "One GPU")
+    # at 1.02 GFLOP per token and 40% MFU of an H100, compare.py's five models in about an hour (README, "One GPU")
     "fineweb": dict(dataset="fineweb10B", n_layer=12, n_head=12, n_embd=768, block_size=1024,
                     batch_size=32, gradient_accumulation_steps=4, max_iters=2000, eval_interval=100,
                     eval_iters=20, log_interval=10, compile=True),

@@ -23,3 +23,21 @@ def test_help_shows_the_defaults_of_every_preset_and_model():
     assert "cpu 2000, gpu 5000" in help_text  # --max_iters by preset
     assert "gpt 0.1" in help_text  # --weight_decay from gpt's RECIPE
     assert "--qk_norm" in help_text and "--rope" in help_text
+
+
+def test_the_fineweb_preset_fits_the_readmes_hour_on_one_h100():
+    import torch
+
+    import train
+
+    s, module, _ = settings.resolve_settings(["--model", "gpt", "--preset", "fineweb", "--device", "cpu"])
+    assert (s["dataset"], s["block_size"], s["n_layer"], s["n_embd"]) == ("fineweb10B", 1024, 12, 768)
+    tokens = s["batch_size"] * s["gradient_accumulation_steps"] * s["block_size"] * s["max_iters"]
+    assert tokens == 262_144_000  # the README's 262M tokens per run
+    with torch.device("meta"):
+        model = module.Model(module.Config(**{k: s[k] for k in ("n_layer", "n_head", "n_embd", "block_size")},
+                                           vocab_size=50304))
+    flops = train.flops_per_token(model, s["block_size"])
+    assert round(flops / 1e9, 2) == 1.02 and round(model.num_params() / 1e6) == 191
+    minutes = flops * tokens * 5 / (0.4 * 989e12) / 60  # compare.py's five models at 40% MFU of an H100
+    assert round(minutes) == 57
