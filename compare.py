@@ -38,6 +38,11 @@ fixed, and eval_interval, eval_iters and warmup_iters are scaled with max_iters 
 gradient_accumulation_steps). Any other train.py option is swept as it is, e.g. --sweep n_layer=2,4,8:
 $ python compare.py --sweep batch_size=8,16,32,64 --out_dir compare_out/batch
 
+Does the speedup grow with the context length, as the nGPT paper finds (4x at 1k, 10x at 4k, 20x at 8k)? Every
+model at each context with the same tokens per step (the batch size scales as 1/context), the same steps, each
+model's recipe; per context the final losses, steps to target and speedups, and contexts.png:
+$ python compare.py --contexts 64,256,1024 --tokens-per-step 1024 --seeds 1 --iters 1000 --out_dir compare_out/contexts
+
 Norm growth (Merrill et al. 2021): a GPT's parameter norm grows like sqrt(t) without weight decay at a constant LR,
 which drives it toward its "saturated" version; nGPT and anGPT bound their norms by construction. --norms trains
 GPT, nGPT and anGPT with their recipes and a GPT without weight decay at a constant LR (the default models otherwise
@@ -92,6 +97,10 @@ LOG_X_OPTIONS = ("learning_rate", "min_lr", "batch_size", "gradient_accumulation
 TOKEN_BUDGET_OPTIONS = ("batch_size", "gradient_accumulation_steps")
 RISE_FRACTION = 0.5  # a run whose val loss climbs back more than this part of what it had gained has diverged
 NEAR_BEST = 0.02  # --sweep: the values whose final loss is within 2% of a model's best are "near the best"
+# --contexts: the nGPT paper's speedups of nGPT over GPT in steps to the same loss, by context length (0.5B and 1B
+# parameters, OpenWebText): 4x at 1k, 10x at 4k, 20x at 8k
+PAPER_CONTEXT_SPEEDUPS = {1024: 4, 4096: 10, 8192: 20}
+TOKENS_PER_STEP = 1024  # --contexts: the default tokens per step at every context (batch size = this / context)
 # options compare.py sets itself for every run, with what to use instead
 OWN_OPTIONS = {"--model": "--models", "--seed": "--seeds", "--out_dir": "compare.py's --out_dir",
                "--max_iters": "--iters", "--resume": "the same command again"}
@@ -710,6 +719,125 @@ def sweep_command(p, args, rest, out_dir, command):
     return results
 
 
+def context_argv(key, seed, context, tokens_per_step, out_dir, args, rest):
+    """The train.py command line of one run of --contexts: this context, and as many sequences per step as make
+    tokens_per_step, so that every context sees the same tokens per step and, with --eval_iters fixed, evaluates
+    the same number of tokens (fewer, longer windows)."""
+    extra = ["--block_size", str(context), "--batch_size", str(tokens_per_step // context),
+             "--gradient_accumulation_steps", "1"]
+    return run_argv(key, seed, out_dir / "runs" / f"{key}-T{context}-s{seed}", args, [*rest, *extra])
+
+
+def context_command(p, args, rest, out_dir, command):
+    """--contexts T1,T2,...: every model at every context with the same tokens per step; per context the final
+    losses, steps to target and speedups (summarize), then contexts.png, results.md and results.json."""
+    for given, name in ((args.runs, "--runs"), (args.lr_sweep, "--lr-sweep"), (args.norms, "--norms")):
+        if given:
+            p.error(f"{name} has no effect with --contexts")
+    for option in ("--block_size", "--batch_size", "--gradient_accumulation_steps"):
+        if has_option(rest, option):
+            p.error(f"{option} is set by --contexts and --tokens-per-step")
+    try:
+        contexts = sorted({int(c) for c in args.contexts.split(",")})
+    except ValueError:
+        contexts = []
+    if not contexts or contexts[0] < 1 or any(args.tokens_per_step % c for c in contexts):
+        p.error(f"--contexts {args.contexts}: expected context lengths that divide --tokens-per-step "
+                f"{args.tokens_per_step}, such as 64,256,1024")
+    keys = training_keys(p, args, rest, out_dir)
+    for key in keys:  # every run's settings, before any training
+        for context in contexts:
+            resolve_settings(context_argv(key, 0, context, args.tokens_per_step, out_dir, args, rest))
+    runs, n, total = {c: [] for c in contexts}, 0, args.seeds * len(contexts) * len(keys)
+    for seed in range(args.seeds):
+        for context in contexts:
+            for key in keys:
+                n += 1
+                argv = context_argv(key, seed, context, args.tokens_per_step, out_dir, args, rest)
+                train_run(argv, f"[{n}/{total}] {label(key)} context {context} seed {seed}")
+                runs[context].append(read_run(resolve_settings(argv)[0]["out_dir"]))
+    by_context = {c: summarize(runs[c], args.baseline, args.target_loss) for c in contexts}
+    settings = settings_of(runs[contexts[0]], by_context[contexts[0]])
+    n_seeds = max(len(m["seeds"]) for m in by_context[contexts[0]].values())
+    title = (f"Speedup against context length, the same {args.tokens_per_step} tokens per step at every context. "
+             f"{settings['preset']} preset: {settings['dataset']}, {settings['n_layer']} layers, width "
+             f"{settings['n_embd']}, {settings['max_iters']} steps, {n_seeds} seed{'s' * (n_seeds > 1)}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plot_contexts(by_context, out_dir / "contexts.png", title)
+    table = context_markdown(by_context, args.tokens_per_step, settings, command)
+    (out_dir / "results.md").write_text(table)
+    results = dict(command=command, contexts=contexts, tokens_per_step=args.tokens_per_step, settings=settings,
+                   models={c: models for c, models in by_context.items()},
+                   runs=[{k: v for k, v in r.items() if k != "config"} for c in contexts for r in runs[c]])
+    (out_dir / "results.json").write_text(json.dumps(results, indent=1, allow_nan=False) + "\n")
+    print("\n".join(table.splitlines()[2:4 + len(keys)]))
+    print(f"wrote {out_dir / 'contexts.png'}, {out_dir / 'results.md'}, {out_dir / 'results.json'}")
+    return results
+
+
+def plot_contexts(by_context, path, title):
+    """Each model's speedup over its baseline against the context, log x, with the nGPT paper's points."""
+    import matplotlib
+    matplotlib.use("Agg")  # files only, no display needed
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    contexts = list(by_context)
+    fig, ax = plt.subplots(figsize=(9, 5.6))
+    for key, m in by_context[contexts[0]].items():
+        if m["baseline"] == key:
+            continue  # a baseline's speedup over itself is 1 by definition
+        speedups = [by_context[c][key]["speedup"] for c in contexts]
+        shown = [c for c, v in zip(contexts, speedups) if v is not None]
+        ax.plot(shown, [v for v in speedups if v is not None], "o-", color=COLORS.get(key), lw=2,
+                label=f"{m['label']} vs {by_context[contexts[0]][m['baseline']]['label']}")
+        mark_at_top(ax, [c for c in contexts if c not in shown], 0, COLORS.get(key))
+    paper = sorted(PAPER_CONTEXT_SPEEDUPS.items())
+    ax.plot(*zip(*paper), "s--", color="gray", lw=1.5, label="nGPT vs GPT, nGPT paper (0.5-1B parameters, OpenWebText)")
+    ax.axhline(1, color="gray", ls=":", lw=1)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log", base=2)
+    ticks = sorted(set(contexts) | set(PAPER_CONTEXT_SPEEDUPS))
+    ax.set_xticks(ticks, [str(t) for t in ticks])
+    ax.set_xticks([], minor=True)
+    ax.yaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:g}x"))
+    ax.set_xlabel("context length (tokens)")
+    ax.set_ylabel("speedup: baseline steps / model steps to the baseline's final loss")
+    ax.grid(alpha=0.3)
+    handles, _ = ax.get_legend_handles_labels()
+    handles.append(Line2D([], [], color="gray", marker="x", ls="", mew=2, label="baseline's loss not reached (at the top)"))
+    ax.legend(handles=handles, frameon=False, fontsize=9)
+    ax.set_title(textwrap.fill(title, 100), fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def context_markdown(by_context, tokens_per_step, settings, command):
+    contexts = list(by_context)
+    first = by_context[contexts[0]]
+    lines = ["# Speedup against context length: " + ", ".join(m["label"] for m in first.values()), "",
+             "| model (baseline) | " + " | ".join(f"context {c} (batch {tokens_per_step // c})" for c in contexts) + " |",
+             "|---|" + "---|" * len(contexts)]
+    for key, m in first.items():
+        cells = []
+        for c in contexts:
+            mc = by_context[c][key]
+            reached = (f"{mc['steps_to_target']:.0f} steps to {mc['target_loss']:.4f}, {mc['speedup']:.2f}x"
+                       if mc["steps_to_target"] is not None else f"{mc['target_loss']:.4f} not reached")
+            cells.append(f"{mc['final_val_loss_mean']:.4f}; {reached}")
+        lines.append(f"| {m['label']} ({first[m['baseline']]['label']}) | " + " | ".join(cells) + " |")
+    paper = ", ".join(f"{s}x at {c}" for c, s in sorted(PAPER_CONTEXT_SPEEDUPS.items()))
+    lines += ["", f"Each cell: the final val loss; the steps to the baseline's final val loss at that context, and "
+              f"the speedup (the baseline's steps over the model's). Every context trains on {tokens_per_step} tokens "
+              f"per step for the same number of steps, so on the same tokens, and evaluates the same number of "
+              f"tokens. The nGPT paper's nGPT over GPT: {paper} (0.5B and 1B parameters, OpenWebText).", "",
+              "## Settings", ""]
+    lines += [f"- {name}: {value}" for name, value in settings.items() if name not in ("block_size", "batch_size")]
+    lines += ["", "## Command", "", "```sh", command, "```", ""]
+    return "\n".join(lines)
+
+
 def read_runs(p, args, rest):
     """--runs DIR ...: the runs found there, of --models only if given; (runs, no LR sweep)."""
     if rest:
@@ -764,11 +892,19 @@ def main(argv=None):
                    help=f"norm growth and saturation: train {', '.join(NORMS_KEYS)} (default models: {', '.join(DEFAULT_KEYS)})")
     p.add_argument("--sweep", default=None, metavar="OPTION=V1,V2,...",
                    help="one run per model, value and seed of any train.py option; batch sizes at a fixed token budget")
+    p.add_argument("--contexts", default=None, metavar="T1,T2,...",
+                   help="every model at these context lengths, with the same tokens per step: the speedup by context")
+    p.add_argument("--tokens-per-step", "--tokens_per_step", type=int, default=TOKENS_PER_STEP,
+                   help=f"with --contexts: tokens per step at every context (default: {TOKENS_PER_STEP})")
     args, rest = p.parse_known_args(argv)  # the rest goes to train.py, e.g. --preset gpu --n_layer 6
     out_dir = Path(args.out_dir)
     command = "python compare.py " + shlex.join(argv)
     if args.norms and args.sweep:
         p.error("--norms has no effect with --sweep")
+    if args.sweep and args.contexts:
+        p.error("--sweep and --contexts: one at a time")
+    if args.contexts:
+        return context_command(p, args, rest, out_dir, command)
     if args.sweep:
         return sweep_command(p, args, rest, out_dir, command)
 
