@@ -61,7 +61,8 @@ Writes into --out_dir (default compare_out/):
                     and the baseline used: everything needed to recompute the table
   runs/<key>-s<seed>/, sweep/<key>-lr<lr>/   the train.py runs
 --sweep writes sweep.png (final val loss against the swept value, min-max band over seeds), results.md (rows: values,
-columns: models), results.json and sweep/<key>-<option><value>-s<seed>/.
+columns: models), results.json and sweep/<key>-<option><value>-s<seed>/; --contexts writes contexts.png (speedup
+against context), results.md (rows: models, columns: contexts), results.json and runs/<key>-T<context>-s<seed>/.
 
 Length extrapolation of the checkpoints is a question of its own: extrapolate.py.
 """
