@@ -394,6 +394,18 @@ def summarize(runs, baseline_arg, target_loss):
 # -----------------------------------------------------------------------------
 # Outputs
 
+def save_with_legend_below(fig, handles, several, title, path, bottom=0.08):
+    """One legend under the panels, where it cannot hide a curve, then the title, and the figure into path."""
+    import matplotlib.pyplot as plt
+
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False,
+               title="mean and min-max band over seeds" if several else None)
+    fig.suptitle(title)
+    fig.tight_layout(rect=(0, bottom + (0.04 if several else 0), 1, 1))
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def plot(models, path, log_x, title):
     import matplotlib
     matplotlib.use("Agg")  # files only, no display needed
@@ -438,14 +450,7 @@ def plot(models, path, log_x, title):
     handles, _ = axes[0].get_legend_handles_labels()
     handles += [Line2D([], [], color="gray", ls=":", label="target: a baseline's final loss"),
                 Line2D([], [], color="gray", marker="o", ls="", mec="white", label="step it is reached")]
-    several = any(len(m["seeds"]) > 1 for m in models.values())
-    # one legend under the panels, where it cannot hide a curve
-    fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False,
-               title="mean and min-max band over seeds" if several else None)
-    fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0.12 if several else 0.08, 1, 1))
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_with_legend_below(fig, handles, any(len(m["seeds"]) > 1 for m in models.values()), title, path)
 
 
 SHOWN_SETTINGS = ("preset", "dataset", "n_layer", "n_head", "n_embd", "block_size", "batch_size",
@@ -579,12 +584,8 @@ def plot_sweep(option, models, path, log_x, title):
     if any(p["diverged"] for m in models.values() for p in m["points"].values()):
         handles.append(Line2D([], [], color="gray", marker="x", ls="", mew=2, label="diverged (at the top)"))
     several = any(len(p["seeds"]) > 1 for m in models.values() for p in m["points"].values())
-    fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False,
-               title="mean and min-max band over seeds" if several else None)
-    fig.suptitle(textwrap.fill(title, 90))  # a long title (a token budget, many settings) on two lines
-    fig.tight_layout(rect=(0, 0.1 if several else 0.06, 1, 1))
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    # a long title (a token budget, many settings) on two lines
+    save_with_legend_below(fig, handles, several, textwrap.fill(title, 90), path, bottom=0.06)
 
 
 def sweep_settings(points, option):

@@ -29,7 +29,7 @@ from torch.nn import functional as F
 from settings import ConfigError, Parser
 import prepare_data
 import train
-from compare import mark_at_top, mean_std, room_at_top
+from compare import mark_at_top, mean_std, room_at_top, save_with_legend_below
 from variants import COLORS, VARIANTS, label, variant_of
 
 FACTORS = "1,2,4,8"  # multiples of the training context
@@ -211,13 +211,7 @@ def plot(models, factors, path, title):
     handles.append(Line2D([], [], color="gray", ls=":", label="training context"))
     if refused:
         handles.append(Line2D([], [], color="gray", marker="x", ls="", mew=2, label="cannot be evaluated (at the top)"))
-    several = any(len(m["seeds"]) > 1 for m in models.values())
-    fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False,
-               title="mean and min-max band over seeds" if several else None)
-    fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0.12 if several else 0.08, 1, 1))
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_with_legend_below(fig, handles, any(len(m["seeds"]) > 1 for m in models.values()), title, path)
 
 
 def markdown(models, factors, evaluations, windows, device, command):
