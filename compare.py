@@ -790,10 +790,10 @@ def plot_contexts(by_context, path, title):
         if m["baseline"] == key:
             continue  # a baseline's speedup over itself is 1 by definition
         speedups = [by_context[c][key]["speedup"] for c in contexts]
-        shown = [c for c, v in zip(contexts, speedups) if v is not None]
-        ax.plot(shown, [v for v in speedups if v is not None], "o-", color=COLORS.get(key), lw=2,
+        # a context where the baseline's loss is not reached has no speedup: the line breaks there (NaN)
+        ax.plot(contexts, [math.nan if v is None else v for v in speedups], "o-", color=COLORS.get(key), lw=2,
                 label=f"{m['label']} vs {by_context[contexts[0]][m['baseline']]['label']}")
-        mark_at_top(ax, [c for c in contexts if c not in shown], 0, COLORS.get(key))
+        mark_at_top(ax, [c for c, v in zip(contexts, speedups) if v is None], 0, COLORS.get(key))
     paper = sorted(PAPER_CONTEXT_SPEEDUPS.items())
     ax.plot(*zip(*paper), "s--", color="gray", lw=1.5, label="nGPT vs GPT, nGPT paper (0.5-1B parameters, OpenWebText)")
     ax.axhline(1, color="gray", ls=":", lw=1)
@@ -835,7 +835,10 @@ def context_markdown(by_context, tokens_per_step, settings, command):
               f"per step for the same number of steps, so on the same tokens, and evaluates the same number of "
               f"tokens. The nGPT paper's nGPT over GPT: {paper} (0.5B and 1B parameters, OpenWebText).", "",
               "## Settings", ""]
-    lines += [f"- {name}: {value}" for name, value in settings.items() if name not in ("block_size", "batch_size")]
+    for name, value in settings.items():
+        if name not in ("block_size", "batch_size"):  # by context: in the table's header
+            shown = ", ".join(f"{label(k)} {v}" for k, v in value.items()) if isinstance(value, dict) else value
+            lines.append(f"- {name}: {shown}")
     lines += ["", "## Command", "", "```sh", command, "```", ""]
     return "\n".join(lines)
 
