@@ -360,6 +360,11 @@ class Run:
     best_val_loss: float = math.inf
     time_s: float = 0.0  # training time: evaluation and checkpoints left out
     last_saved_iter: int = None
+    # Under DDP the loop's own all_reduces (the stop flag, the evaluation sums) use these two tensors, which live as
+    # long as the run. A tensor whose Python object dies while gloo's worker thread still holds it is freed by that
+    # thread under the GIL, and at teardown the main thread waits for that thread while holding the GIL: a deadlock
+    stop_flag: torch.Tensor = None
+    eval_sums: torch.Tensor = None
 
     @property
     def master(self):
@@ -391,6 +396,7 @@ def setup_run(s, module, given):
         run.model = torch.compile(run.model)
     if ddp:
         run.model = DDP(run.model, device_ids=[int(os.environ["LOCAL_RANK"])] if s["device"].startswith("cuda") else None)
+        run.stop_flag, run.eval_sums = torch.zeros((), device=s["device"]), torch.zeros(2, device=s["device"])
     if run.master:
         start_output(run)
     return run
@@ -438,13 +444,15 @@ def save(run):
 # The loop's parts: evaluate and save, one step, its log record
 
 @torch.no_grad()
-def evaluate(model, eval_batches, s, autocast, rank=0, world_size=1):
+def evaluate(model, eval_batches, s, autocast, rank=0, world_size=1, sums=None):
     """The mean loss on each split's fixed evaluation batches, shared out over the processes (summed with
-    all_reduce under DDP). model is the raw model, neither compiled nor DDP-wrapped; it is left in training mode."""
+    all_reduce under DDP, into `sums`: Run.eval_sums). model is the raw model, neither compiled nor DDP-wrapped; it
+    is left in training mode."""
     model.eval()
     out = {}
     for split, (x, y) in eval_batches.items():
-        total = torch.zeros(2, device=x.device)  # (sum of losses, count) over this process's share
+        # (sum of losses, count) over this process's share
+        total = torch.zeros(2, device=x.device) if sums is None else sums.zero_()
         for i in range(rank, s["eval_iters"], world_size):
             rows = slice(i * s["batch_size"], (i + 1) * s["batch_size"])
             with autocast:
@@ -459,7 +467,7 @@ def evaluate(model, eval_batches, s, autocast, rank=0, world_size=1):
 
 def evaluate_and_save(run, eval_batches, probe, start_wall):
     """The eval record (losses, learned scales, the norm-growth paper's metrics) and the checkpoint of this step."""
-    losses = evaluate(run.raw_model, eval_batches, run.s, run.autocast, run.rank, run.world_size)
+    losses = evaluate(run.raw_model, eval_batches, run.s, run.autocast, run.rank, run.world_size, run.eval_sums)
     run.best_val_loss = min(run.best_val_loss, losses["val"])
     metrics = norms.eval_metrics(run.raw_model, probe, run.s["model"]) if run.master else {}
     log(run, dict(iter=run.iter_num, tokens=run.iter_num * run.tokens_per_iter, train_loss=losses["train"],
@@ -476,13 +484,13 @@ def stop_requested(run, stop_requests, start_iter):
     stops at the same step, agreed on every log_interval steps."""
     s = run.s
     launch_done = s["max_iters_per_launch"] and run.iter_num - start_iter >= s["max_iters_per_launch"]
-    stop = torch.tensor(float(bool(stop_requests) or bool(launch_done)))
     if not run.ddp:
-        return stop.item() > 0
+        return bool(stop_requests) or bool(launch_done)
     if run.iter_num % s["log_interval"] != 0:
         return False
-    dist.all_reduce(stop, op=dist.ReduceOp.MAX)
-    return stop.item() > 0
+    run.stop_flag.fill_(float(bool(stop_requests) or bool(launch_done)))
+    dist.all_reduce(run.stop_flag, op=dist.ReduceOp.MAX)
+    return run.stop_flag.item() > 0
 
 
 class StepLog:
@@ -627,7 +635,9 @@ def main(argv=None):
         print(f"done: {run.iter_num - start_iter} steps in {fmt_duration(time.time() - start_wall)}, "
               f"final val loss {final.get('val_loss', float('nan')):.4f}, best {run.best_val_loss:.4f}")
     if run.ddp:
-        # wait for rank 0 to finish writing: a process that tears gloo down while its peer is still busy aborts
+        # the DDP wrapper goes first, while the process group it holds is still alive; then every process waits for
+        # rank 0 to finish writing (a process that tears gloo down while its peer is still busy aborts)
+        run.model = run.raw_model
         dist.barrier()
         dist.destroy_process_group()
     return final
