@@ -30,7 +30,7 @@ from settings import ConfigError, Parser
 import prepare_data
 import train
 from compare import mark_at_top, mean_std, room_at_top, save_with_legend_below
-from variants import COLORS, VARIANTS, label, variant_of
+from variants import COLORS, VARIANTS, label, run_folders, variant_of
 
 FACTORS = "1,2,4,8"  # multiples of the training context
 WINDOWS = 64  # validation windows per context: the same for every checkpoint
@@ -43,16 +43,10 @@ TOKENS_PER_FORWARD = 8192  # windows per forward pass: the logits are (windows, 
 
 def find_checkpoints(folders):
     """The ckpt.pt of run folders, or of the run folders inside the given folders."""
-    found = []
-    for folder in map(Path, folders):
-        if (folder / "ckpt.pt").exists():
-            found.append(folder / "ckpt.pt")
-        else:
-            inside = sorted(folder.glob("*/ckpt.pt"))
-            if not inside:
-                raise ConfigError(f"--runs {folder}: no ckpt.pt in it or in its subfolders")
-            found += inside
-    return found
+    try:
+        return [folder / "ckpt.pt" for folder in run_folders(folders, holding="ckpt.pt")]
+    except FileNotFoundError as err:
+        raise ConfigError(str(err))
 
 
 def position_limit(model):

@@ -53,16 +53,17 @@ def read_log(path):
         return [json.loads(line) for line in f if line.strip()]
 
 
-def run_folders(paths):
-    """train.py run folders (with a log.jsonl) among `paths`, or inside them, such as compare.py's runs/."""
+def run_folders(paths, holding="log.jsonl"):
+    """train.py run folders (with a log.jsonl, or another file they hold) among `paths`, or inside them, such as
+    compare.py's runs/."""
     found = []
     for path in map(Path, paths):
-        if (path / "log.jsonl").exists():
+        if (path / holding).exists():
             found.append(path)
-        elif any(path.glob("*/log.jsonl")):
-            found += sorted(p.parent for p in path.glob("*/log.jsonl"))
+        elif any(path.glob(f"*/{holding}")):
+            found += sorted(p.parent for p in path.glob(f"*/{holding}"))
         else:
-            raise FileNotFoundError(f"--runs {path}: no log.jsonl in it or in its subfolders")
+            raise FileNotFoundError(f"--runs {path}: no {holding} in it or in its subfolders")
     return found
 
 
