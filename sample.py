@@ -17,19 +17,15 @@ from pathlib import Path
 import torch
 
 import prepare_data
-from settings import ConfigError
 import train
-
-
-class SampleError(Exception):
-    """A problem with the user's input, reported as one line without a traceback."""
+from train import ConfigError
 
 
 def load_model(out_dir, device):
     """The model of <out_dir>/ckpt.pt and the settings it was trained with."""
     path = Path(out_dir) / "ckpt.pt"
     if not path.exists():
-        raise SampleError(f"no checkpoint at {path}; train one with: python train.py --model gpt --out_dir {out_dir}")
+        raise ConfigError(f"no checkpoint at {path}; train one with: python train.py --model gpt --out_dir {out_dir}")
     model, checkpoint = train.load_trained_model(path, device)
     return model, checkpoint["settings"]
 
@@ -43,7 +39,7 @@ def load_tokenizer(data_folder, data_dir):
         def encode(text):
             unknown = sorted(set(text) - set(stoi))
             if unknown:
-                raise SampleError(f"--start has characters the model never saw: {''.join(unknown)!r}")
+                raise ConfigError(f"--start has characters the model never saw: {''.join(unknown)!r}")
             return [stoi[c] for c in text]
 
         return encode, lambda ids: "".join(itos[i] for i in ids)
@@ -65,9 +61,9 @@ def main(argv=None):
     p.add_argument("--data_dir", default=None, help="where the dataset's meta.pkl is (default: the training run's)")
     args = p.parse_args(argv)
     if args.temperature <= 0:
-        raise SampleError(f"--temperature must be positive, got {args.temperature}")
+        raise ConfigError(f"--temperature must be positive, got {args.temperature}")
     if args.num_samples < 1 or args.max_new_tokens < 1 or args.top_k < 1:
-        raise SampleError("--num_samples, --max_new_tokens and --top_k must be at least 1")
+        raise ConfigError("--num_samples, --max_new_tokens and --top_k must be at least 1")
 
     torch.manual_seed(args.seed)
     model, settings = load_model(args.out_dir, args.device)
@@ -78,10 +74,10 @@ def main(argv=None):
         try:
             start = Path(start[5:]).read_text(encoding="utf-8")
         except OSError as e:
-            raise SampleError(f"cannot read the prompt file: {e}")
+            raise ConfigError(f"cannot read the prompt file: {e}")
     start_ids = encode(start)
     if not start_ids:
-        raise SampleError("--start is empty; give at least one character")
+        raise ConfigError("--start is empty; give at least one character")
     x = torch.tensor(start_ids, dtype=torch.long, device=args.device)[None, ...]
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if args.device.startswith("cuda") else nullcontext())
     with autocast:
@@ -94,6 +90,6 @@ def main(argv=None):
 if __name__ == "__main__":
     try:
         main()
-    except (SampleError, ConfigError, prepare_data.DataError) as e:
+    except (ConfigError, prepare_data.DataError) as e:
         print(f"sample.py: error: {e}", file=sys.stderr)
         sys.exit(2)

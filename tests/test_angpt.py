@@ -13,6 +13,7 @@ from torch.nn import functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import angpt
+import prepare_data
 import train
 
 VOCAB = 65
@@ -39,11 +40,8 @@ def trained(char_dataset, tmp_path_factory):
                 "--batch_size", "12", "--max_iters", "300", "--eval_interval", "300", "--eval_iters", "5",
                 "--device", "cpu", "--dtype", "float32", "--data_dir", data_dir, "--dataset", name,
                 "--out_dir", str(out)])
-    ckpt = torch.load(out / "ckpt.pt", weights_only=True)
-    model = angpt.Model(angpt.Config(**ckpt["model_config"]))
-    model.load_state_dict(ckpt["model"])
-    batches = train.Batches(Path(data_dir) / name, 64, model.config.vocab_size, "cpu")
-    x, _ = batches.get("val", seed=0, count=16)
+    model, _ = train.load_trained_model(out / "ckpt.pt")
+    x, _ = train.token_windows(prepare_data.read_tokens(Path(data_dir) / name, "val"), 64, count=16, seed=0)
     return model, x
 
 

@@ -1,24 +1,12 @@
-"""bench.py and the FLOP count behind MFU."""
+"""experiments/bench.py: the models' step times, side by side."""
 
 import json
 
 import pytest
 
 from conftest import REPO  # noqa: F401  (puts the repo on sys.path)
-import bench
-import gpt
-import settings
-import train
-import variants
-
-
-def test_flops_per_token_counts_every_matrix_multiply_and_the_attention():
-    config = gpt.Config(block_size=64, vocab_size=65, n_layer=2, n_head=2, n_embd=32)
-    model = gpt.Model(config)
-    C, L, V, T = 32, 2, 65, 64
-    per_layer = 3 * C * C + C * C + 8 * C * C + 4 * C * C  # c_attn, attn c_proj, c_fc, mlp c_proj
-    matmul_weights = L * per_layer + V * C  # plus lm_head; the embedding lookup is not a multiply
-    assert train.flops_per_token(model, T) == 6 * matmul_weights + 12 * L * C * T
+import compare
+from experiments import bench
 
 
 def test_bench_times_every_model_and_writes_json(tmp_path):
@@ -27,7 +15,7 @@ def test_bench_times_every_model_and_writes_json(tmp_path):
                           "--batch_size", "2", "--rounds", "2", "--steps", "1", "--warmup", "1", "--device", "cpu",
                           "--control", "--json", str(out)])
     saved = json.loads(out.read_text())
-    expected = [k for k in variants.ARCHITECTURES if variants.VARIANTS[k][0] in settings.MODELS] + ["gpt_control"]
+    expected = [*compare.ARCHITECTURES, "gpt_control"]
     assert list(saved) == expected and saved == json.loads(json.dumps(results))
     assert saved["gpt"]["ratios"]["gpt"] == dict(median=1.0, quartiles=[1.0, 1.0])
     assert saved["gpt_qk"]["ratios"]["gpt_qk"] == dict(median=1.0, quartiles=[1.0, 1.0])

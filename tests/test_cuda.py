@@ -1,17 +1,17 @@
 """The one-GPU path: every model under bf16 autocast on CUDA, torch.compile there, nGPT's norm kernel, fused AdamW,
-and train.py end to end with a resume. Skipped without a CUDA GPU; `python verify.py` runs them on one."""
+and train.py end to end with a resume. Skipped without a CUDA GPU; `python -m experiments.verify` runs them on one."""
 
 import importlib
 import json
 import math
 import pickle
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
 from conftest import REPO  # noqa: F401  (puts the repo on sys.path)
-import settings
 import train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
@@ -34,7 +34,7 @@ def batch(rows=4):
     return x, torch.roll(x, -1, dims=1)
 
 
-@pytest.mark.parametrize("name", settings.MODELS)
+@pytest.mark.parametrize("name", train.MODELS)
 def test_forward_and_backward_under_bf16_autocast(name):
     _, model = cuda_model(name)
     x, y = batch()
@@ -48,7 +48,7 @@ def test_forward_and_backward_under_bf16_autocast(name):
     assert all(p.dtype == torch.float32 for p in model.parameters())  # autocast leaves the stored weights in fp32
 
 
-@pytest.mark.parametrize("name", settings.MODELS)
+@pytest.mark.parametrize("name", train.MODELS)
 def test_the_forward_compiles_on_cuda_without_graph_breaks(name):
     _, model = cuda_model(name)
     x, y = batch()
@@ -72,14 +72,19 @@ def test_ngpts_norm_on_cuda_is_x_over_its_length_within_bf16():
         torch.testing.assert_close(ngpt.norm(x), expected, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", settings.MODELS)
+@pytest.mark.parametrize("name", train.MODELS)
 def test_train_builds_fused_adamw_on_cuda_and_it_steps_as_the_plain_one(name):
-    s, module, _ = settings.resolve_settings(["--model", name, "--device", "cuda", "--preset", "cpu"])
-    batches = type("Batches", (), dict(vocab_size=SIZES["vocab_size"], folder=None))()
+    s, _ = train.resolve_settings(["--model", name, "--device", "cuda", "--preset", "cpu"])
     s.update(SIZES)
-    model, optimizer = train.build_model(module, s, batches)
+
+    def build():
+        run = train.Run(s, data=SimpleNamespace(vocab_size=SIZES["vocab_size"], folder=None))
+        train.build_model(run, checkpoint=None)
+        return run.raw_model, run.optimizer
+
+    model, optimizer = build()
     assert optimizer.defaults["fused"] is True
-    plain_model, _ = train.build_model(module, s, batches)
+    plain_model, _ = build()
     plain = torch.optim.AdamW(plain_model.optimizer_groups(s["weight_decay"]), lr=s["learning_rate"],
                               betas=(s["beta1"], s["beta2"]), eps=s["eps"])
     x, y = batch()

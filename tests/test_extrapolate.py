@@ -1,4 +1,4 @@
-"""extrapolate.py: the validation loss of trained checkpoints past their training context, on tiny checkpoints."""
+"""experiments/extrapolate.py: the validation loss of trained checkpoints past their training context, on tiny checkpoints."""
 
 import math
 from types import SimpleNamespace
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import TINY
-import extrapolate
+from experiments import extrapolate
 import train
 
 FEW = [*TINY, "--n_layer", "1"]  # one layer and a handful of steps: each run takes about a second on one core
@@ -84,4 +84,5 @@ def test_rope_models_take_any_length():
 def test_bad_factors_get_one_error_line(checkpoints, capsys):
     with pytest.raises(SystemExit):
         extrapolate.main(["--factors", "0,two", "--runs", str(checkpoints)])
-    assert "extrapolate.py: error: --factors 0,two: expected multiples of the training context" in capsys.readouterr().err
+    assert "experiments.extrapolate: error: --factors 0,two: expected multiples of the training context" in \
+        capsys.readouterr().err

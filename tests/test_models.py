@@ -9,10 +9,9 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from conftest import REPO  # noqa: F401  (puts the repo on sys.path)
-import settings
 import train
 
-MODELS = list(settings.MODELS)
+MODELS = list(train.MODELS)
 VOCAB = 65
 
 
@@ -29,7 +28,7 @@ def test_every_model_file_has_the_shared_interface(name):
     module = importlib.import_module(name)
     assert dataclasses.is_dataclass(module.Config)
     fields = {f.name for f in dataclasses.fields(module.Config)}
-    assert set(settings.SIZE_FIELDS) <= fields
+    assert set(train.SIZE_FIELDS) <= fields
     assert set(module.RECIPE) == {"learning_rate", "min_lr_ratio", "warmup_iters", "weight_decay",
                                   "beta1", "beta2", "eps", "grad_clip"}
     for method in ("forward", "optimizer_groups", "after_step", "generate", "num_params"):

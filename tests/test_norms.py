@@ -9,18 +9,16 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from conftest import TINY
+from conftest import REPO  # noqa: F401  (puts the repo on sys.path)
 import norms
-import settings
 import train
-import variants
 
 SIZES = dict(block_size=32, vocab_size=65, n_layer=3, n_head=2, n_embd=32)
 
 
 def fresh(name, **options):
     torch.manual_seed(0)
-    module = settings.load_model_module(name)
+    module = train.MODELS[name]
     return module.Model(module.Config(**SIZES, **options))
 
 
@@ -66,7 +64,7 @@ def test_a_random_init_gpt_is_far_from_its_saturated_version():
     assert max(sat) < 0.5  # random init is far from saturated (Merrill et al., sec. 4.1, Fig. 2)
 
 
-@pytest.mark.parametrize("name", settings.MODELS)
+@pytest.mark.parametrize("name", train.MODELS)
 def test_the_metrics_leave_the_live_model_as_it_was(name):
     model = fresh(name)
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -101,7 +99,6 @@ def test_the_gpt_logit_multiplier_is_the_same_as_scaling_w_q():
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.skipif("ngpt" not in settings.MODELS, reason="needs ngpt.py")
 def test_the_ngpt_logit_multiplier_is_the_same_as_scaling_s_qk_by_sqrt_c():
     model, idx, c = fresh("ngpt"), probe(), 9.0
     multiplied = outputs_with_logits_times(model, idx, c)
@@ -138,7 +135,7 @@ def test_head_statistics_ignore_the_future_keys():
     assert stats["n_eff"][0] == pytest.approx(expected, rel=1e-4)
 
 
-@pytest.mark.parametrize("name", settings.MODELS)
+@pytest.mark.parametrize("name", train.MODELS)
 def test_the_eval_metrics_have_one_value_per_layer_and_head(name):
     metrics = norms.eval_metrics(fresh(name), probe(), name)
     L, H = SIZES["n_layer"], SIZES["n_head"]
@@ -155,48 +152,12 @@ def test_the_eval_metrics_have_one_value_per_layer_and_head(name):
         0.7 < s < 1.3 for s in metrics["attn_logit_std"])
 
 
-def test_the_norm_growth_exponent_is_one_half_for_sqrt_t_and_zero_for_a_constant_norm():
-    steps = np.arange(10, 2001, 10)
-    assert norms.norm_growth_exponent(steps, 3.0 * np.sqrt(steps)) == pytest.approx(0.5, abs=0.01)
-    assert norms.norm_growth_exponent(steps, np.full(len(steps), 90.5)) == pytest.approx(0.0, abs=1e-9)
-    assert norms.norm_growth_exponent(steps, 0.1 * steps) == pytest.approx(1.0, abs=0.01)
-    # only the second half counts: a norm flat until step 1000 and growing like t afterwards has a slope near 1
-    late_growth = np.where(steps < 1000, 100.0, 0.1 * steps)
-    assert norms.norm_growth_exponent(steps, late_growth) == pytest.approx(1.0, abs=0.01)
-    assert norms.norm_growth_exponent([10, 20], [1.0, 2.0]) is None
-
-
-def test_heads_are_argmax_like_mean_like_or_in_between():
-    heads = dict(count_c10=[1.0, 1.4, 30.0, 4.0], f_eff=[0.02, 0.03, 0.9, 0.2])
-    assert norms.head_classes(heads) == (2, 1, 1)
-
-
-def test_norms_py_plots_and_tabulates_finished_runs(char_dataset, tmp_path):
-    data_dir, name = char_dataset
-    for model in ("gpt", "ngpt"):
-        train.main(["--model", model, *TINY, "--n_layer", "1", "--max_iters", "20", "--eval_interval", "5", "--log_interval", "1",
-                    "--data_dir", data_dir, "--dataset", name, "--out_dir", str(tmp_path / "runs" / model)])
-    out = tmp_path / "out"
-    norms.main(["--runs", str(tmp_path / "runs"), "--out_dir", str(out)])
-
-    for png in ("norms.png", "saturation.png", "heads.png"):
-        assert (out / png).read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
-    table = (out / "results.md").read_text()
-    assert "\n| GPT | all parameters x 1000 | " in table and "\n| nGPT | attention logits x 100 | " in table
-    # every number recomputed from the logs: the norm curve, its late slope, the last saturation and ||h||
-    records = variants.read_log(tmp_path / "runs" / "gpt" / "log.jsonl")
-    steps = [r for r in records if "param_norm" in r]
-    last_eval = [r for r in records if "val_loss" in r][-1]
-    exponent = norms.norm_growth_exponent([r["iter"] for r in steps], [r["param_norm"] for r in steps])
-    final_norm = f"| GPT | {steps[0]['param_norm']:.1f} (step {steps[0]['iter'] + 1}) | {steps[-1]['param_norm']:.1f} |"
-    assert final_norm in table and f"| {exponent:.3f} |" in table
-    saturation = " ".join(f"{v:.2f}" for v in last_eval["saturation"])
-    assert f" -> {saturation} |" in table
-    assert " -> " + " ".join(f"{v:.2f}" for v in last_eval["hidden_norm"]) + " |" in table
-    assert "python norms.py --runs" in table
-
-
-def test_norms_py_names_a_folder_without_runs(tmp_path, capsys):
-    with pytest.raises(SystemExit):
-        norms.main(["--runs", str(tmp_path)])
-    assert f"--runs {tmp_path}: no log.jsonl in it or in its subfolders" in capsys.readouterr().err
+@pytest.mark.parametrize("name", train.MODELS)
+def test_the_norm_group_holds_the_block_matrices_and_nothing_else(name):
+    model = fresh(name)
+    tracked = {id(p) for _, p in norms.norm_group(model)}
+    names = [n for n, p in model.named_parameters() if id(p) in tracked]
+    assert names and all(n.startswith("transformer.h.") and n.endswith(".weight") for n in names)
+    assert all(part not in n for n in names for part in ("wte", "lm_head", "ln_", "alpha", "s_qk", "s_uv", "s_z"))
+    matrices_in_blocks = [n for n, p in model.named_parameters() if p.dim() == 2 and n.startswith("transformer.h.")]
+    assert names == matrices_in_blocks

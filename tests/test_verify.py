@@ -1,11 +1,11 @@
-"""verify.py, the one-GPU check, at the tiny size a CPU runs it: every step runs and its results reach verify.md."""
+"""experiments/verify.py, the one-GPU check, at the tiny size a CPU runs it: every step runs and its results reach verify.md."""
 
 import json
 
 import torch
 
 from conftest import REPO  # noqa: F401  (puts the repo on sys.path)
-import verify
+from experiments import verify
 
 
 def test_verify_runs_the_cuda_tests_bench_and_compare_and_writes_them_up(char_dataset, tmp_path):

@@ -3,10 +3,10 @@ Length extrapolation (nGPT paper, the appendix on it): does a model trained on a
 well on windows of 2T, 4T, 8T? nGPT's loss stays flat, where GPT's blows up. This evaluates the checkpoints of
 finished train.py runs (here of `python compare.py`) on fixed validation windows of 1x, 2x, 4x and 8x their training
 context, over all positions and over those past the training length only:
-$ python extrapolate.py --runs compare_out/runs --out_dir compare_out/length
+$ python -m experiments.extrapolate --runs compare_out/runs --out_dir compare_out/length
 
 Other multiples, more windows per context, another device:
-$ python extrapolate.py --runs compare_out/runs --factors 1,2,16 --windows 256 --device cuda
+$ python -m experiments.extrapolate --runs compare_out/runs --factors 1,2,16 --windows 256 --device cuda
 
 Every model sees the same windows (drawn with one seed from its dataset's validation split), evaluated whole, in
 fp32, without gradients. A context a model cannot take (a learned position table, too little validation data) is
@@ -26,11 +26,11 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from settings import ConfigError, Parser
+import compare
 import prepare_data
 import train
-from compare import mark_at_top, mean_std, room_at_top, save_with_legend_below
-from variants import COLORS, VARIANTS, label, run_folders, variant_of
+from compare import COLORS, VARIANTS, label, mark_at_top, room_at_top, save_with_legend_below
+from train import ConfigError
 
 FACTORS = "1,2,4,8"  # multiples of the training context
 WINDOWS = 64  # validation windows per context: the same for every checkpoint
@@ -40,14 +40,6 @@ TOKENS_PER_FORWARD = 8192  # windows per forward pass: the logits are (windows, 
 
 # -----------------------------------------------------------------------------
 # The validation loss of trained checkpoints on windows longer than their training context
-
-def find_checkpoints(folders):
-    """The ckpt.pt of run folders, or of the run folders inside the given folders."""
-    try:
-        return [folder / "ckpt.pt" for folder in run_folders(folders, holding="ckpt.pt")]
-    except FileNotFoundError as err:
-        raise ConfigError(str(err))
-
 
 def position_limit(model):
     """The longest sequence the model's positional encoding can take: None for any length (RoPE, whose tables
@@ -110,7 +102,7 @@ def evaluate_checkpoint(path, factors, count, device, data_dir=None, keys=None):
     """One checkpoint's extrapolation_losses on its own dataset's validation split, with what it is; None if its
     model is not one of `keys`."""
     model, ckpt = train.load_trained_model(path, device)
-    key = variant_of(ckpt["settings"])
+    key = compare.variant_of(ckpt["settings"])
     if keys and key not in keys:
         return None
     model.to(dtype=torch.float32)
@@ -160,13 +152,10 @@ def summarize(evaluations, factors):
 # Outputs
 
 def plot(models, factors, path, title):
-    import matplotlib
-    matplotlib.use("Agg")  # files only, no display needed
-    import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
     from matplotlib.ticker import FuncFormatter, NullFormatter, NullLocator
 
-    fig, axes = plt.subplots(1, 2, figsize=(14, 5.6), sharey=True)
+    fig, axes = compare.pyplot().subplots(1, 2, figsize=(14, 5.6), sharey=True)
     panels = [("loss", "all positions"), ("loss_beyond", "positions past the training length only")]
     block_sizes = {b for m in models.values() for b in m["block_size"]}
     for ax, (field, name) in zip(axes, panels):
@@ -229,7 +218,7 @@ def markdown(models, factors, evaluations, windows, device, command):
                     cells.append("refused")
                     continue
                 some = f" ({c['refused']} of {c['refused'] + c['evaluated']} refused)" if c["refused"] else ""
-                cells.append(mean_std(c[field]) + some)
+                cells.append(f"{c[field]['mean']:.4f}" + (f" ± {c[field]['std']:.4f}" if c[field]["std"] is not None else "") + some)
             lines.append(f"| {factor}x" + (f" ({factor * only})" if only else "") + " | " + " | ".join(cells) + " |")
         lines.append("")
     spread = f"mean ± std over {n_seeds} checkpoints (seeds)" if n_seeds > 1 else "one checkpoint per model"
@@ -262,7 +251,7 @@ def markdown(models, factors, evaluations, windows, device, command):
 def main(argv=None):
     """Evaluate the checkpoints, then write extrapolation.png, results.md and results.json."""
     argv = sys.argv[1:] if argv is None else argv
-    p = Parser(prog="extrapolate.py", description=__doc__.split("\n\n")[0].strip(), allow_abbrev=False)
+    p = train.Parser(prog="experiments.extrapolate", description=__doc__.split("\n\n")[0].strip(), allow_abbrev=False)
     p.add_argument("--runs", nargs="+", required=True, help="train.py run folders (with a ckpt.pt), or folders of them")
     p.add_argument("--factors", default=FACTORS, help=f"multiples of the training context (default: {FACTORS})")
     p.add_argument("--windows", type=int, default=WINDOWS, help=f"validation windows per context (default: {WINDOWS})")
@@ -273,7 +262,7 @@ def main(argv=None):
     p.add_argument("--out_dir", default="extrapolate_out", help="default: extrapolate_out")
     args = p.parse_args(argv)
     out_dir = Path(args.out_dir)
-    command = "python extrapolate.py " + shlex.join(argv)
+    command = "python -m experiments.extrapolate " + shlex.join(argv)
     try:
         factors = sorted({int(f) for f in args.factors.split(",")})
     except ValueError:
@@ -285,7 +274,7 @@ def main(argv=None):
 
     keys = args.models.split(",") if args.models else None
     evaluations = [evaluate_checkpoint(path, factors, args.windows, args.device, args.data_dir, keys)
-                   for path in find_checkpoints(args.runs)]
+                   for path in [f / "ckpt.pt" for f in compare.run_folders(args.runs, holding="ckpt.pt")]]
     evaluations = [e for e in evaluations if e is not None]
     if not evaluations:
         raise ConfigError("no checkpoints to evaluate")
@@ -312,5 +301,5 @@ if __name__ == "__main__":
     try:
         main()
     except (ConfigError, prepare_data.DataError) as e:
-        print(f"extrapolate.py: error: {e}", file=sys.stderr)
+        print(f"experiments.extrapolate: error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -1,11 +1,11 @@
 """
 Does this GPU run the suite as it should, and how fast is each model on it? One command, under about 8 minutes on
 one H100-class GPU, with no network once tiny Shakespeare is prepared (`python prepare_data.py`):
-$ python verify.py --out_dir results/gpu
+$ python -m experiments.verify --out_dir results/gpu
 
 1. the CUDA tests (tests/test_cuda.py): every model under bf16 autocast, torch.compile without graph breaks, nGPT's
    norm kernel, fused AdamW, and a train.py run that writes its log and checkpoint and resumes;
-2. bench.py at GPT-2 small's shape (12 layers, width 768, context 1024, batch 16), bf16, compiled, with a second
+2. experiments/bench.py at GPT-2 small's shape (12 layers, width 768, context 1024, batch 16), bf16, compiled, with a second
    GPT as the control: ms per step, tokens/s, MFU, and each model's ratio to GPT and to GPT+QK-norm;
 3. GPT, GPT+QK-norm, nGPT and anGPT at the gpu preset (6 layers, width 384, context 256) for 500 steps, one seed,
    eager: the convergence plot and the steps-to-target table of compare.py.
@@ -15,10 +15,11 @@ Writes into --out_dir: verify.md (the three results and the commands), bench.jso
 
 Without a GPU the same command runs at a tiny size, which is how the test suite runs it (the CUDA tests then say
 that they were skipped, and why):
-$ python verify.py --device cpu --out_dir verify_out
+$ python -m experiments.verify --device cpu --out_dir verify_out
 """
 
 import argparse
+import json
 import shlex
 import subprocess
 import sys
@@ -27,10 +28,10 @@ from pathlib import Path
 
 import torch
 
-import bench
 import compare
+import train
 
-HERE = Path(__file__).resolve().parent
+REPO = Path(__file__).resolve().parents[1]
 MODELS = "gpt,gpt_qk,ngpt,angpt"
 # what each step runs: the papers' sizes on a GPU, the smallest that exercises every line on a CPU
 BENCH = {
@@ -50,16 +51,24 @@ COMPARE = {
 def run_cuda_tests():
     """tests/test_cuda.py in a fresh interpreter; (passed, pytest's summary line)."""
     result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
-                             "tests/test_cuda.py"], cwd=HERE, capture_output=True, text=True)
+                             "tests/test_cuda.py"], cwd=REPO, capture_output=True, text=True)
     lines = result.stdout.strip().splitlines()
     print(result.stdout[-3000:], end="")
     return result.returncode == 0, lines[-1].strip("= ") if lines else result.stderr.strip()[-300:]
 
 
+def run_bench(argv):
+    """experiments/bench.py in a fresh interpreter: (its results, its table as markdown lines)."""
+    result = subprocess.run([sys.executable, "-m", "experiments.bench", *argv], cwd=REPO, capture_output=True,
+                            text=True, check=True)
+    print(result.stdout, end="")
+    return [line for line in result.stdout.splitlines() if line.startswith("|")]
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(),
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = train.Parser(prog="experiments.verify", description=__doc__.split("\n\n")[0].strip(),
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", choices=("cuda", "cpu"), default="cuda" if torch.cuda.is_available() else "cpu",
                    help="default: cuda if available, else cpu (tiny sizes)")
     p.add_argument("--out_dir", default="verify_out", help="default: verify_out")
@@ -75,10 +84,10 @@ def main(argv=None):
     print("== 1/3 the CUDA tests")
     tests_passed, tests_summary = run_cuda_tests()
 
-    print("== 2/3 bench.py")
+    print("== 2/3 experiments/bench.py")
     bench_argv = ["--device", args.device, "--models", MODELS, "--control", *BENCH[args.device],
-                  "--json", str(out_dir / "bench.json")]
-    timed = bench.main(bench_argv)
+                  "--json", str(out_dir.resolve() / "bench.json")]
+    bench_table = run_bench(bench_argv)
 
     print("== 3/3 compare.py")
     compare_argv = ["--models", MODELS, "--seeds", "1", "--device", args.device, *COMPARE[args.device],
@@ -88,22 +97,22 @@ def main(argv=None):
     device = torch.cuda.get_device_name() if args.device == "cuda" else "CPU"
     table = (out_dir / "results.md").read_text().split("\n## ")[0].split("\n", 2)[2].strip()
     lines = [f"# One-device verification: {device}, torch {torch.__version__}", "",
-             f"`python verify.py {shlex.join(argv)}` took {time.time() - start:.0f} s.", "",
+             f"`python -m experiments.verify {shlex.join(argv)}` took {time.time() - start:.0f} s.", "",
              "## 1. CUDA tests", "", f"`python -m pytest tests/test_cuda.py`: {tests_summary}", "",
-             "## 2. Speed per step", "", f"`python bench.py {shlex.join(bench_argv)}`", "",
-             *bench.markdown_table(timed, [b for b in bench.BASELINES if b in MODELS.split(",")]), "",
+             "## 2. Speed per step", "", f"`python -m experiments.bench {shlex.join(bench_argv)}`", "",
+             *bench_table, "",
              "## 3. Convergence", "", f"`python compare.py {shlex.join(compare_argv)}`", "",
              "![validation loss of the four models](convergence.png)", "", table, ""]
     (out_dir / "verify.md").write_text("\n".join(lines))
     print(f"wrote {out_dir / 'verify.md'}; the CUDA tests: {tests_summary}")
     if not tests_passed:
         sys.exit(1)
-    return dict(tests=tests_summary, bench=timed, compare=compared)
+    return dict(tests=tests_summary, bench=json.loads((out_dir / "bench.json").read_text()), compare=compared)
 
 
 if __name__ == "__main__":
     try:
         main()
-    except (compare.ConfigError, compare.train.prepare_data.DataError) as e:
-        print(f"verify.py: error: {e}", file=sys.stderr)
+    except (train.ConfigError, train.prepare_data.DataError) as e:
+        print(f"experiments.verify: error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -10,12 +10,12 @@ same against GPT+QK-norm (gpt_qk), the anGPT paper's baseline.
 --control adds a second GPT, built afresh: its ratio to GPT is what 1.00x looks like on this machine today.
 Absolute times across runs of a busy machine are not comparable.
 
-$ python bench.py                                    # the CPU preset's size (4 layers, width 128, context 64)
-$ python bench.py --n_layer 6 --n_embd 384 --n_head 6 --block_size 256 --batch_size 8
-$ python bench.py --compile                          # also time torch.compile'd models, and check graph breaks
-$ python bench.py --compile --control --rounds 60     # with a second GPT as the noise floor
-$ python bench.py --device cuda --dtype bfloat16 --n_layer 12 --n_embd 768 --n_head 12 --block_size 1024 --batch_size 16
-$ python bench.py --json bench.json                  # {model: {ms_per_step, ratios, tokens_per_s, mfu}}
+$ python -m experiments.bench                                    # the CPU preset's size (4 layers, width 128, context 64)
+$ python -m experiments.bench --n_layer 6 --n_embd 384 --n_head 6 --block_size 256 --batch_size 8
+$ python -m experiments.bench --compile                          # also time torch.compile'd models, and check graph breaks
+$ python -m experiments.bench --compile --control --rounds 60     # with a second GPT as the noise floor
+$ python -m experiments.bench --device cuda --dtype bfloat16 --n_layer 12 --n_embd 768 --n_head 12 --block_size 1024 --batch_size 16
+$ python -m experiments.bench --json bench.json                  # {model: {ms_per_step, ratios, tokens_per_s, mfu}}
 
 MFU (model FLOPs utilization) is the model's training FLOPs per token (train.flops_per_token) times tokens per
 second, over the device's peak: --peak_flops if given, the data-sheet figure for known GPUs, else measured with
@@ -31,11 +31,16 @@ from contextlib import nullcontext
 
 import torch
 
-from settings import MODELS, load_model_module
 import train
-from variants import ARCHITECTURES, VARIANTS, config_options
+from compare import ARCHITECTURES, VARIANTS
 
 BASELINES = ("gpt", "gpt_qk")  # each model's step time is given as a ratio to these, where they are timed
+
+
+def config_options(key):
+    """A variant's options as fields of its model file's Config ({"qk_norm": "true"})."""
+    options = VARIANTS[key][1]
+    return {option[2:]: value for option, value in zip(options[::2], options[1::2])}
 
 
 def make_step(model, module, x, y, autocast):
@@ -52,8 +57,9 @@ def make_step(model, module, x, y, autocast):
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--models", default=",".join(k for k in ARCHITECTURES if VARIANTS[k][0] in MODELS),
+    p = train.Parser(prog="experiments.bench", description=__doc__.split("\n\n")[0],
+                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--models", default=",".join(ARCHITECTURES),
                    help="comma-separated, from: " + ", ".join(ARCHITECTURES))
     p.add_argument("--n_layer", type=int, default=4)
     p.add_argument("--n_head", type=int, default=4)
@@ -74,9 +80,9 @@ def parse_args(argv):
     args = p.parse_args(argv)
     args.dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
     args.keys = args.models.split(",")
-    unknown = [k for k in args.keys if k not in ARCHITECTURES or VARIANTS[k][0] not in MODELS]
+    unknown = [k for k in args.keys if k not in ARCHITECTURES]
     if unknown:
-        p.error(f"unknown or missing model(s): {', '.join(unknown)}")
+        p.error(f"unknown model(s): {', '.join(unknown)}")
     if args.n_embd % args.n_head:
         p.error(f"n_embd ({args.n_embd}) must be divisible by n_head ({args.n_head})")
     if args.compiled_only and not args.compile:
@@ -91,7 +97,7 @@ def build_contenders(args, x, y, autocast):
     contenders = {}
     for key in args.keys + (["gpt_control"] if args.control else []):
         variant = "gpt" if key == "gpt_control" else key
-        module = load_model_module(VARIANTS[variant][0])
+        module = train.MODELS[VARIANTS[variant][0]]
         model = module.Model(module.Config(**size, **config_options(variant))).to(args.device)
         model.after_step()
         step = make_step(model, module, x, y, autocast)
