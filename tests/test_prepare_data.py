@@ -327,3 +327,46 @@ def test_fineweb_without_huggingface_hub_says_what_to_install(tmp_path, monkeypa
     monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # import fails
     with pytest.raises(prepare_data.DataError, match="pip install huggingface_hub"):
         prepare_data.prepare("fineweb10B", data_dir=tmp_path)
+
+
+class FakeDatasets:
+    """The `datasets` library as prepare_data.py uses it (load_dataset, train_test_split, iter), over a few documents
+    instead of OpenWebText's 8M."""
+
+    class Dataset:
+        def __init__(self, texts):
+            self.texts = texts
+
+        def train_test_split(self, test_size, seed, shuffle):
+            held_out = max(1, round(len(self.texts) * test_size))
+            return {"train": FakeDatasets.Dataset(self.texts[held_out:]), "test": FakeDatasets.Dataset(self.texts[:held_out])}
+
+        def iter(self, batch_size):
+            for i in range(0, len(self.texts), batch_size):
+                yield {"text": self.texts[i:i + batch_size]}
+
+    def __init__(self, texts):
+        self.texts, self.asked = texts, []
+
+    def load_dataset(self, path, split, num_proc):
+        self.asked.append((path, split))
+        return self.Dataset(self.texts)
+
+
+def test_openwebtext_loads_the_hubs_data_files_and_ends_each_document_with_eot(tmp_path, monkeypatch, gpt2_here):
+    documents = [f"Document {i}: the quick brown fox jumps over the lazy dog." for i in range(3000)]
+    fake = FakeDatasets(documents)
+    monkeypatch.setitem(sys.modules, "datasets", fake)
+    folder = prepare_data.prepare("openwebtext", data_dir=tmp_path)
+    assert fake.asked == [(prepare_data.OPENWEBTEXT_REPO, "train")]  # data files, no loading script
+    train, val = read_bins(folder)
+    enc = prepare_data.get_gpt2_encoding(tmp_path)
+    for ids, texts in ((val, documents[:2]), (train, documents[2:])):  # 0.05% of 3000 held out: 2 documents
+        assert ids.tolist() == [i for text in texts for i in enc.encode_ordinary(text) + [prepare_data.EOT]]
+    assert prepare_data.read_meta(folder) == {"vocab_size": 50257, "tokenizer": "gpt2"}
+
+
+def test_openwebtext_without_datasets_says_what_to_install(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "datasets", None)  # import fails
+    with pytest.raises(prepare_data.DataError, match="pip install datasets"):
+        prepare_data.prepare("openwebtext", data_dir=tmp_path)
