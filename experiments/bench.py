@@ -10,12 +10,13 @@ same against GPT+QK-norm (gpt_qk), the anGPT paper's baseline.
 --control adds a second GPT, built afresh: its ratio to GPT is what 1.00x looks like on this machine today.
 Absolute times across runs of a busy machine are not comparable.
 
-$ python -m experiments.bench                                    # the CPU preset's size (4 layers, width 128, context 64)
+$ python -m experiments.bench                    # the CPU preset's size (4 layers, width 128, context 64)
 $ python -m experiments.bench --n_layer 6 --n_embd 384 --n_head 6 --block_size 256 --batch_size 8
-$ python -m experiments.bench --compile                          # also time torch.compile'd models, and check graph breaks
-$ python -m experiments.bench --compile --control --rounds 60     # with a second GPT as the noise floor
-$ python -m experiments.bench --device cuda --dtype bfloat16 --n_layer 12 --n_embd 768 --n_head 12 --block_size 1024 --batch_size 16
-$ python -m experiments.bench --json bench.json                  # {model: {ms_per_step, ratios, tokens_per_s, mfu}}
+$ python -m experiments.bench --compile          # also time torch.compile'd models, and check graph breaks
+$ python -m experiments.bench --compile --control --rounds 60    # with a second GPT as the noise floor
+$ python -m experiments.bench --json bench.json  # {model: {ms_per_step, ratios, tokens_per_s, mfu}}
+$ python -m experiments.bench --device cuda --dtype bfloat16 --n_layer 12 --n_embd 768 --n_head 12 \
+    --block_size 1024 --batch_size 16
 
 MFU (model FLOPs utilization) is the model's training FLOPs per token (train.flops_per_token) times tokens per
 second, over the device's peak: --peak_flops if given, the data-sheet figure for known GPUs, else measured with

@@ -3,7 +3,8 @@ Does the speedup grow with the context length, as the nGPT paper finds (nGPT ove
 loss at 1k, 10x at 4k, 20x at 8k)? Every model at each context with the same tokens per step (the batch size is
 tokens / context), the same steps and its own recipe; per context the final losses, the steps to each model's
 baseline and the speedups of compare.py (--models, --seeds, --iters, --baseline and any train.py option as there):
-$ python -m experiments.contexts --contexts 64,256,1024 --tokens-per-step 1024 --seeds 2 --iters 1000 --out_dir results/contexts
+$ python -m experiments.contexts --contexts 64,256,1024 --tokens-per-step 1024 --seeds 2 --iters 1000 \
+    --out_dir contexts_out
 
 With --eval_iters fixed, every context evaluates the same number of tokens (fewer, longer windows).
 Writes into --out_dir (default contexts_out/): contexts.png (each model's speedup against the context, with the
@@ -19,7 +20,6 @@ from pathlib import Path
 
 import compare
 import train
-from train import ConfigError
 
 # the nGPT paper's speedups of nGPT over GPT in steps to the same loss, by context (0.5B and 1B parameters,
 # OpenWebText)
@@ -134,7 +134,8 @@ def main(argv=None):
     table = markdown(by_context, args.tokens_per_step, settings, command)
     (out_dir / "results.md").write_text(table)
     results = dict(command=command, contexts=contexts, tokens_per_step=args.tokens_per_step, settings=settings,
-                   models=by_context, runs=[{k: v for k, v in r.items() if k != "config"} for c in contexts for r in runs[c]])
+                   models=by_context,
+                   runs=[{k: v for k, v in r.items() if k != "config"} for c in contexts for r in runs[c]])
     (out_dir / "results.json").write_text(json.dumps(results, indent=1, allow_nan=False) + "\n")
     print("\n".join(table.splitlines()[2:4 + len(keys)]))
     print(f"wrote {out_dir / 'contexts.png'}, {out_dir / 'results.md'}, {out_dir / 'results.json'}")
@@ -142,8 +143,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ConfigError, train.prepare_data.DataError) as e:
-        print(f"experiments.contexts: error: {e}", file=sys.stderr)
-        sys.exit(2)
+    train.run_main(main, "experiments.contexts")

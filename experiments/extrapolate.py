@@ -218,7 +218,7 @@ def markdown(models, factors, evaluations, windows, device, command):
                     cells.append("refused")
                     continue
                 some = f" ({c['refused']} of {c['refused'] + c['evaluated']} refused)" if c["refused"] else ""
-                cells.append(f"{c[field]['mean']:.4f}" + (f" ± {c[field]['std']:.4f}" if c[field]["std"] is not None else "") + some)
+                cells.append(compare.mean_std(c[field]["mean"], c[field]["std"]) + some)
             lines.append(f"| {factor}x" + (f" ({factor * only})" if only else "") + " | " + " | ".join(cells) + " |")
         lines.append("")
     spread = f"mean ± std over {n_seeds} checkpoints (seeds)" if n_seeds > 1 else "one checkpoint per model"
@@ -298,8 +298,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ConfigError, prepare_data.DataError) as e:
-        print(f"experiments.extrapolate: error: {e}", file=sys.stderr)
-        sys.exit(2)
+    train.run_main(main, "experiments.extrapolate")

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 import compare
+import train
 from train import ConfigError
 
 MODELS = ("gpt", "ngpt", "angpt", "gpt_const")  # the three recipes, and GPT where its norm can grow freely
@@ -295,16 +296,13 @@ def main(argv=None):
     plot_saturation(models, out_dir / "saturation.png", "Saturation, " + title)
     plot_heads(models, out_dir / "heads.png", "Attention heads, " + title)
     command = "python -m experiments.norm_growth " + shlex.join(argv)
-    lines = [f"# Norm growth and saturation: {title}", "", *markdown(models), "## Command", "", "```sh", command, "```", ""]
+    lines = [f"# Norm growth and saturation: {title}", "", *markdown(models), "## Command", "", "```sh", command,
+             "```", ""]
     (out_dir / "results.md").write_text("\n".join(lines))
     (out_dir / "results.json").write_text(json.dumps(dict(command=command, models=models), indent=1) + "\n")
-    print(f"wrote {', '.join(str(out_dir / name) for name in ('norms.png', 'saturation.png', 'heads.png', 'results.md', 'results.json'))}")
+    print(f"wrote norms.png, saturation.png, heads.png, results.md and results.json in {out_dir}")
     return models
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except ConfigError as e:
-        print(f"experiments.norm_growth: error: {e}", file=sys.stderr)
-        sys.exit(2)
+    train.run_main(main, "experiments.norm_growth")

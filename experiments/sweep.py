@@ -29,7 +29,6 @@ import numpy as np
 
 import compare
 import train
-from train import ConfigError
 
 LOG_X_OPTIONS = ("learning_rate", "min_lr", "batch_size", "gradient_accumulation_steps")  # plotted on a log axis
 TOKEN_BUDGET_OPTIONS = ("batch_size", "gradient_accumulation_steps")  # swept at a fixed token budget
@@ -206,7 +205,7 @@ def markdown(option, models, budget, settings, diverged_runs, command):
             if point["mean"] is None:
                 cell = "diverged"
             else:
-                cell = f"{point['mean']:.4f}" + (f" ± {point['std']:.4f}" if point["std"] is not None else "")
+                cell = compare.mean_std(point["mean"], point["std"])
                 cell += f" ({point['diverged']} of {len(point['seeds'])} diverged)" if point["diverged"] else ""
             cells.append(f"**{cell}**" if value == m["best"] else cell)
         lines.append(f"| {value} | " + " | ".join(cells) + " |")
@@ -261,7 +260,8 @@ def main(argv=None):
              for seed in range(args.seeds) for value in values for key in keys}
     points = {key: {value: [] for value in values} for key in keys}
     for n, ((seed, value, key), run) in enumerate(argvs.items(), 1):
-        points[key][value].append(sweep_point(run, f"[{n}/{len(argvs)}] {compare.label(key)} {option} {value} seed {seed}"))
+        title = f"[{n}/{len(argvs)}] {compare.label(key)} {option} {value} seed {seed}"
+        points[key][value].append(sweep_point(run, title))
 
     ref = train.resolve_settings(compare.run_argv(keys[0], 0, args.out_dir, rest, args.iters))[0]
     budget = dict(reference=ref[option], max_iters=ref["max_iters"], tokens=ref["max_iters"] * ref["batch_size"]
@@ -290,8 +290,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ConfigError, train.prepare_data.DataError) as e:
-        print(f"experiments.sweep: error: {e}", file=sys.stderr)
-        sys.exit(2)
+    train.run_main(main, "experiments.sweep")

@@ -5,8 +5,8 @@ $ python -m experiments.verify --out_dir results/gpu
 
 1. the CUDA tests (tests/test_cuda.py): every model under bf16 autocast, torch.compile without graph breaks, nGPT's
    norm kernel, fused AdamW, and a train.py run that writes its log and checkpoint and resumes;
-2. experiments/bench.py at GPT-2 small's shape (12 layers, width 768, context 1024, batch 16), bf16, compiled, with a second
-   GPT as the control: ms per step, tokens/s, MFU, and each model's ratio to GPT and to GPT+QK-norm;
+2. experiments/bench.py at GPT-2 small's shape (12 layers, width 768, context 1024, batch 16), bf16, compiled,
+   with a second GPT as the control: ms per step, tokens/s, MFU, and each model's ratio to GPT and to GPT+QK-norm;
 3. GPT, GPT+QK-norm, nGPT and anGPT at the gpu preset (6 layers, width 384, context 256) for 500 steps, one seed,
    eager: the convergence plot and the steps-to-target table of compare.py.
 
@@ -111,8 +111,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (train.ConfigError, train.prepare_data.DataError) as e:
-        print(f"experiments.verify: error: {e}", file=sys.stderr)
-        sys.exit(2)
+    train.run_main(main, "experiments.verify")
