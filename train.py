@@ -642,8 +642,7 @@ def log_step(run, loss, lr, ms_per_step, mfu, param_norms):
 # The loop
 
 def train(run, signals):
-    """From run.iter_num to max_iters: evaluate and checkpoint when due, stop when asked (a signal in `signals`),
-    take a step, and write its log line every log_interval steps. Returns the last evaluation."""
+    """Train from run.iter_num to max_iters, or until a signal comes; returns the last evaluation and if it stopped."""
     s = run.s
     eval_batches = run.data.eval_batches(s["seed"], count=s["eval_iters"] * s["batch_size"])
     param_norms = norms.ParamNorms(run.raw_model, remember=run.iter_num == run.last_saved_iter
