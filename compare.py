@@ -228,7 +228,8 @@ def summarize(runs, baseline_arg=None, target_loss=None):
         tps = [r["tokens_per_s"] for r in by_key[key] if r["tokens_per_s"]]
         models[key] = dict(label=label(key), seeds=[r["seed"] for r in by_key[key]],
                            learning_rate=sorted({r["learning_rate"] for r in by_key[key]}),
-                           curve=mean_curve(by_key[key]), final_val_loss_mean=float(np.mean(finals)),
+                           curve=mean_curve(by_key[key]), final_val_loss=finals,
+                           final_val_loss_mean=float(np.mean(finals)),
                            final_val_loss_std=float(np.std(finals, ddof=1)) if len(finals) > 1 else None,
                            ms_per_step=float(np.mean(ms)) if ms else None,
                            tokens_per_s=float(np.mean(tps)) if tps else None)
