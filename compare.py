@@ -41,18 +41,23 @@ from train import ConfigError
 VARIANTS = {
     "gpt": ("gpt", [], "GPT"),
     "gpt_qk": ("gpt", ["--qk_norm", "true"], "GPT+QK-norm"),  # the anGPT paper's GPT+: L2 norms and a gain g
+    # GPT+ trained as the anGPT paper trains it (Table F.2): warmup over 20% of the run, cosine decay to 0.01 x the
+    # peak LR, eps 1e-9 (decay 0.1, betas and clipping as GPT's RECIPE); its peak LR tuned on the CPU preset
+    "gpt_qk_f2": ("gpt", ["--qk_norm", "true", "--warmup_frac", "0.2", "--min_lr_ratio", "0.01", "--eps", "1e-9",
+                          "--learning_rate", "4e-3"], "GPT+QK-norm, Table F.2"),
     "gpt_qk_rms": ("gpt", ["--qk_norm", "rms"], "GPT+QK-RMSNorm"),  # RMSNorm on q and k, per-channel gains
     "ngpt": ("ngpt", [], "nGPT"),
     "angpt": ("angpt", [], "anGPT"),
     # Merrill et al.'s sqrt(t) norm growth needs no weight decay and a constant LR; the recipe's decay hides it
     "gpt_const": ("gpt", ["--weight_decay", "0", "--decay_lr", "false"], "GPT, no decay, const LR"),
 }
-ARCHITECTURES = ("gpt", "gpt_qk", "gpt_qk_rms", "ngpt", "angpt")  # differ in the model; gpt_const in its recipe
-COLORS = {"gpt": "#333333", "gpt_qk": "#1f77b4", "gpt_qk_rms": "#17becf", "ngpt": "#2ca02c", "angpt": "#d62728",
-          "gpt_const": "#9467bd"}
-PAPER_BASELINES = {"gpt": "gpt", "gpt_qk": "gpt", "gpt_qk_rms": "gpt", "ngpt": "gpt", "angpt": "gpt_qk",
-                   "gpt_const": "gpt"}
-BASELINE_KEYS = ("gpt", "gpt_qk", "gpt_qk_rms")  # every model's steps to each of these baselines' final loss
+ARCHITECTURES = ("gpt", "gpt_qk", "gpt_qk_rms", "ngpt", "angpt")  # differ in the model; the others in the recipe
+COMPARED = ("gpt", "gpt_qk", "gpt_qk_f2", "gpt_qk_rms", "ngpt", "angpt")  # compare.py's default: GPT+ in both recipes
+COLORS = {"gpt": "#333333", "gpt_qk": "#1f77b4", "gpt_qk_f2": "#ff7f0e", "gpt_qk_rms": "#17becf", "ngpt": "#2ca02c",
+          "angpt": "#d62728", "gpt_const": "#9467bd"}
+PAPER_BASELINES = {"gpt": "gpt", "gpt_qk": "gpt", "gpt_qk_f2": "gpt", "gpt_qk_rms": "gpt", "ngpt": "gpt",
+                   "angpt": "gpt_qk", "gpt_const": "gpt"}
+BASELINE_KEYS = ("gpt", "gpt_qk", "gpt_qk_f2", "gpt_qk_rms")  # every model's steps to each baseline's final loss
 EVALS_PER_RUN = 20  # unless --eval_interval is given: steps to target interpolate between close points
 # train.py options that these scripts set for every run, with what to use instead
 OWN_OPTIONS = {"--model": "--models", "--seed": "--seeds", "--out_dir": "the script's --out_dir",
@@ -178,7 +183,8 @@ def check_same_settings(folder, s):
     """A run in `folder` is reused or resumed only if it was started with the same settings `s`."""
     saved = json.loads((folder / "config.json").read_text())
     # an option newer than the run has its default value there
-    differ = [k for k, v in s.items() if k not in train.SYSTEM_KEYS and saved.get(k, train.DEFAULTS.get(k)) != v]
+    defaults = dict(train.DEFAULTS, **{k: default for k, (default, _) in train.model_options().items()})
+    differ = [k for k, v in s.items() if k not in train.SYSTEM_KEYS and saved.get(k, defaults.get(k)) != v]
     if differ:
         raise ConfigError(f"{folder} holds a run with other settings ({', '.join(differ)}); "
                           f"delete it or use another --out_dir")
@@ -432,7 +438,7 @@ def main(argv=None):
         runs = [read_run(f) for f in run_folders(args.runs)]
         runs = [r for r in runs if not args.models or r["key"] in args.models.split(",")]
     else:
-        runs = train_runs(choose_models(args.models, ARCHITECTURES), args.seeds, out_dir, rest, args.iters)
+        runs = train_runs(choose_models(args.models, COMPARED), args.seeds, out_dir, rest, args.iters)
     if not runs:
         raise ConfigError("no runs to compare")
     if args.baseline and args.baseline not in {r["key"] for r in runs}:

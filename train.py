@@ -71,6 +71,8 @@ DEFAULTS = dict(
     # AdamW and the LR schedule: None means the model's RECIPE (min_lr: learning_rate x its min_lr_ratio)
     learning_rate=None, min_lr=None, warmup_iters=None, weight_decay=None,
     beta1=None, beta2=None, eps=None, grad_clip=None,
+    min_lr_ratio=None,          # min_lr as a fraction of learning_rate, which follows the LR (if min_lr is not given)
+    warmup_frac=None,           # warm up over this fraction of max_iters instead of warmup_iters
     decay_lr=True,              # cosine decay to min_lr after warmup; false: constant learning_rate (nanoGPT's)
     max_iters=2000,             # optimizer steps; the cosine schedule decays over all of them
     max_iters_per_launch=0,     # stop (checkpoint, exit) after this many steps; 0: no limit. For job slots
@@ -155,10 +157,12 @@ def build_parser():
     for key, default in DEFAULTS.items():
         kind = {bool: parse_bool, int: int, float: float}.get(type(default), str)
         help_text = f"default: {default}"
-        if key in RECIPE_KEYS or key == "min_lr":
+        if key in RECIPE_KEYS or key in ("min_lr", "min_lr_ratio"):
             kind = int if key == "warmup_iters" else float
             help_text = f"default from the model's RECIPE: {by_model(key if key != 'min_lr' else 'min_lr_ratio')}"
             help_text += " (x learning_rate)" if key == "min_lr" else ""
+        elif key == "warmup_frac":
+            kind, help_text = float, "default: none (warmup_iters); the anGPT paper's GPT+ warms up over 0.2"
         elif key in PRESETS["cpu"]:
             help_text = "default by preset: " + ", ".join(f"{n} {preset[key]}" for n, preset in PRESETS.items())
         elif key in ("out_dir", "device", "dtype"):
@@ -186,7 +190,10 @@ def resolve_settings(argv):
     s.update({k: module.RECIPE[k] for k in RECIPE_KEYS})
     s.update({k: v for k, v in config_fields.items() if k not in SIZE_FIELDS})
     s.update(given, device=device)
-    s["min_lr"] = s["min_lr"] if s["min_lr"] is not None else s["learning_rate"] * module.RECIPE["min_lr_ratio"]
+    min_lr_ratio = s["min_lr_ratio"] if s["min_lr_ratio"] is not None else module.RECIPE["min_lr_ratio"]
+    s["min_lr"] = s["min_lr"] if s["min_lr"] is not None else s["learning_rate"] * min_lr_ratio
+    if s["warmup_frac"] is not None:
+        s["warmup_iters"] = round(s["warmup_frac"] * s["max_iters"])
     s["out_dir"] = s["out_dir"] or os.path.join("out", s["model"])
     s["dtype"] = s["dtype"] or ("bfloat16" if device.startswith("cuda") else "float32")
 
@@ -201,6 +208,8 @@ def resolve_settings(argv):
     if s["n_embd"] % s["n_head"] or (s["n_embd"] // s["n_head"]) % 2:
         raise ConfigError(f"n_embd ({s['n_embd']}) must be n_head ({s['n_head']}) times an even head size "
                           f"(rotary embeddings turn pairs of dimensions)")
+    if not 0 <= (s["warmup_frac"] or 0) < 1:
+        raise ConfigError(f"--warmup_frac is a fraction of max_iters, from 0 to below 1, got {s['warmup_frac']}")
     if not 0 < s["learning_rate"] < math.inf:
         raise ConfigError(f"--learning_rate must be a positive number, got {s['learning_rate']}")
     # the model checks its own options (rope, qk_norm, ...): built on the meta device, which allocates nothing

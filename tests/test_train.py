@@ -32,6 +32,17 @@ def test_settings_come_from_preset_then_recipe_then_command_line():
     assert s["out_dir"] == "out/gpt"
 
 
+def test_warmup_frac_and_min_lr_ratio_follow_the_run_length_and_the_learning_rate():
+    # the anGPT paper's recipe for GPT+ (Table F.2): warmup over 20% of the run, decay to 0.01x the peak LR
+    s, _ = train.resolve_settings(["--model", "gpt", "--device", "cpu", "--max_iters", "500", "--learning_rate",
+                                   "4e-3", "--warmup_frac", "0.2", "--min_lr_ratio", "0.01"])
+    assert (s["warmup_iters"], s["min_lr"]) == (100, pytest.approx(4e-5))
+    assert train.get_lr(99, s) < s["learning_rate"] and train.get_lr(100, s) == pytest.approx(s["learning_rate"])
+    assert train.get_lr(500, s) == pytest.approx(4e-5)
+    with pytest.raises(train.ConfigError, match="--warmup_frac"):
+        train.resolve_settings(["--model", "gpt", "--device", "cpu", "--warmup_frac", "20"])
+
+
 def test_help_shows_the_defaults_of_every_preset_and_model():
     help_text = train.build_parser().format_help()
     assert "cpu 2000, gpu 5000" in help_text  # --max_iters by preset
