@@ -88,30 +88,33 @@ class QKGain(nn.Module):
         return self.weight.view(-1, 1, 1)  # (nh or 1, 1, 1): broadcast over (B, nh, T, hs)
 
 
-def rope_tables(rope, seq_len, head_dim, device):
-    """The two (seq_len, head_dim/2) tables that apply_rope needs, in fp32."""
+def rope_tables(rope, seq_len, rope_dim, device):
+    """The two (seq_len, rope_dim/2) tables that apply_rope needs, in fp32, for the first rope_dim dimensions of a
+    head (all of them, or rope_fraction of them: the frequencies span the rotated dimensions, as in GPT-NeoX)."""
     pos = torch.arange(seq_len, device=device, dtype=torch.float32)
-    freq = 10000.0 ** (-torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim)
-    angle = torch.outer(pos, freq)  # (T, hs/2): position p times frequency w_j
+    freq = 10000.0 ** (-torch.arange(0, rope_dim, 2, device=device, dtype=torch.float32) / rope_dim)
+    angle = torch.outer(pos, freq)  # (T, rope_dim/2): position p times frequency w_j
     if rope == "standard":
         return angle.cos(), angle.sin()
     # NVIDIA's table interleaves sin and cos, E[p, 2j] = sin(p w_j), E[p, 2j+1] = cos(p w_j), then splits
     # it in halves along the last dim; both halves still mix frequencies.
-    table = torch.stack((angle.sin(), angle.cos()), dim=-1).flatten(-2)  # (T, hs)
-    return table[:, : head_dim // 2], table[:, head_dim // 2 :]
+    table = torch.stack((angle.sin(), angle.cos()), dim=-1).flatten(-2)  # (T, rope_dim)
+    return table[:, : rope_dim // 2], table[:, rope_dim // 2 :]
 
 
 def apply_rope(rope, x, tables):
-    """Position-dependent transform of q or k, x: (B, nh, T, hs)."""
-    a, b = tables  # each (T, hs/2)
+    """Position-dependent transform of q or k, x: (B, nh, T, hs), on the first rope_dim dimensions of each head,
+    as many as the tables cover; the rest pass through unchanged."""
+    a, b = tables  # each (T, rope_dim/2)
+    x, x_pass = x[..., : 2 * a.size(-1)], x[..., 2 * a.size(-1) :]
     if rope == "standard":
-        # rotate the pair (x[j], x[j + hs/2]) by the angle p * w_j; norms and relative offsets preserved
+        # rotate the pair (x[j], x[j + rope_dim/2]) by the angle p * w_j; norms and relative offsets preserved
         x1, x2 = x.chunk(2, dim=-1)
-        return torch.cat((x1 * a - x2 * b, x2 * a + x1 * b), dim=-1).type_as(x)
+        return torch.cat((x1 * a - x2 * b, x2 * a + x1 * b, x_pass), dim=-1).type_as(x)
     # reference: out[2i] = -x[2i+1] * b[p, i], out[2i+1] = x[2i] * a[p, i]; no cos/sin sum, so it is
     # neither norm-preserving nor relative, and zeroes every even pair at p = 0 (NVIDIA/ngpt issue #10)
     x_even, x_odd = x[..., 0::2], x[..., 1::2]
-    return torch.stack((-x_odd * b, x_even * a), dim=-1).flatten(-2).type_as(x)
+    return torch.cat((torch.stack((-x_odd * b, x_even * a), dim=-1).flatten(-2), x_pass), dim=-1).type_as(x)
 
 
 class CausalSelfAttention(nn.Module):
@@ -199,6 +202,7 @@ class Config:
     n_head: int = 12
     n_embd: int = 768
     rope: str = "standard"     # positional encoding: "standard" RoPE, or NVIDIA's "reference" transform
+    rope_fraction: float = 1.0  # the fraction of each head's dimensions that rope turns (anGPT paper, Table F.2: 0.5)
     qk_norm: str = "false"     # "true": the anGPT paper's GPT+, L2 norm of q and k and a learned gain g; "rms": RMSNorm
     g_shape: str = "layer"     # qk_norm "true": one gain g per "layer" or one per "head"
     g_init: str = "sqrt_d_head"  # qk_norm "true": g starts at "sqrt_d_head", or at log2(T^2 - T) ("henry")
@@ -210,6 +214,8 @@ class Model(nn.Module):
         super().__init__()
         assert config.vocab_size is not None and config.block_size is not None
         assert config.rope in ("standard", "reference"), f"rope must be standard or reference, not {config.rope!r}"
+        assert 0 < config.rope_fraction <= 1, f"rope_fraction must be above 0 and at most 1, not {config.rope_fraction}"
+        self.rope_dim = 2 * max(1, round(config.n_embd // config.n_head * config.rope_fraction / 2))  # whole pairs
         self.config = config
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(config.vocab_size, config.n_embd),
@@ -224,7 +230,7 @@ class Model(nn.Module):
             if name.endswith("c_proj.weight"):
                 torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
         # positional tables for the training length; buffers follow .to(device) but stay out of checkpoints
-        rope_a, rope_b = rope_tables(config.rope, config.block_size, config.n_embd // config.n_head, "cpu")
+        rope_a, rope_b = rope_tables(config.rope, config.block_size, self.rope_dim, "cpu")
         self.register_buffer("rope_a", rope_a, persistent=False)
         self.register_buffer("rope_b", rope_b, persistent=False)
 
@@ -239,8 +245,7 @@ class Model(nn.Module):
         if seq_len <= self.rope_a.size(0):
             return self.rope_a[:seq_len], self.rope_b[:seq_len]
         # longer than the training context (length extrapolation): compute the tables afresh
-        head_dim = self.config.n_embd // self.config.n_head
-        return rope_tables(self.config.rope, seq_len, head_dim, self.rope_a.device)
+        return rope_tables(self.config.rope, seq_len, self.rope_dim, self.rope_a.device)
 
     def forward(self, idx, targets=None):
         B, T = idx.size()

@@ -123,6 +123,20 @@ def test_standard_rope_preserves_norms_and_depends_only_on_relative_position():
     assert torch.allclose(scores[5, 5], scores[0, 0], atol=1e-5)
 
 
+@pytest.mark.parametrize("name", MODELS)
+def test_rope_fraction_half_turns_the_first_half_of_each_head_and_leaves_the_second_unchanged(name):
+    module, model = tiny_model(name, n_embd=64, n_head=2, rope_fraction=0.5)  # head size 32: 16 dimensions turn
+    assert model.rope_dim == 16
+    q = torch.randn(2, 2, 32, 32)  # (B, nh, T, hs)
+    for rope in ("standard", "reference"):
+        turned = module.apply_rope(rope, q, module.rope_tables(rope, 32, model.rope_dim, "cpu"))
+        assert torch.equal(turned[..., 16:], q[..., 16:])
+        # the first half turns as a whole head of 16 dimensions would, so not as an identity
+        alone = module.apply_rope(rope, q[..., :16], module.rope_tables(rope, 32, 16, "cpu"))
+        assert torch.equal(turned[..., :16], alone) and not torch.allclose(alone, q[..., :16])
+    assert torch.equal(model.rope_tables(32)[0], module.rope_tables("standard", 32, 16, "cpu")[0])
+
+
 def test_reference_rope_is_the_official_elementwise_transform():
     import gpt
 
