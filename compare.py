@@ -7,8 +7,8 @@ $ python compare.py                                  # GPT, both QK-norms, nGPT,
 $ python compare.py --seeds 1 --iters 300 --models gpt,ngpt --n_layer 2      # any other option goes to train.py
 $ python compare.py --runs out/gpu/gpt out/gpu/ngpt --out_dir compare_gpu --log-x   # runs trained elsewhere
 
-Baselines follow the papers: nGPT against GPT, anGPT against GPT+QK-norm (the anGPT paper's GPT+), both QK-norms
-against GPT; results.md also gives every model against each baseline. A model's target is its baseline's final
+Baselines follow the papers: nGPT against GPT, anGPT against the anGPT paper's GPT+ trained with that paper's recipe
+(GPT+QK-norm, Table F.2), the QK-norms against GPT; results.md also gives every model against each baseline. A model's target is its baseline's final
 validation loss (mean over seeds); its steps to target are read off its own mean eval curve by linear
 interpolation, and speedup = baseline steps / model steps. --baseline KEY sets one baseline for all models,
 --target-loss X one target.
@@ -44,7 +44,7 @@ VARIANTS = {
     # GPT+ trained as the anGPT paper trains it (Table F.2): warmup over 20% of the run, cosine decay to 0.01 x the
     # peak LR, eps 1e-9 (decay 0.1, betas and clipping as GPT's RECIPE); its peak LR tuned on the CPU preset
     "gpt_qk_f2": ("gpt", ["--qk_norm", "true", "--warmup_frac", "0.2", "--min_lr_ratio", "0.01", "--eps", "1e-9",
-                          "--learning_rate", "4e-3"], "GPT+QK-norm, Table F.2"),
+                          "--learning_rate", "1e-3"], "GPT+QK-norm, Table F.2"),
     "gpt_qk_rms": ("gpt", ["--qk_norm", "rms"], "GPT+QK-RMSNorm"),  # RMSNorm on q and k, per-channel gains
     "ngpt": ("ngpt", [], "nGPT"),
     "angpt": ("angpt", [], "anGPT"),
@@ -56,7 +56,7 @@ COMPARED = ("gpt", "gpt_qk", "gpt_qk_f2", "gpt_qk_rms", "ngpt", "angpt")  # comp
 COLORS = {"gpt": "#333333", "gpt_qk": "#1f77b4", "gpt_qk_f2": "#ff7f0e", "gpt_qk_rms": "#17becf", "ngpt": "#2ca02c",
           "angpt": "#d62728", "gpt_const": "#9467bd"}
 PAPER_BASELINES = {"gpt": "gpt", "gpt_qk": "gpt", "gpt_qk_f2": "gpt", "gpt_qk_rms": "gpt", "ngpt": "gpt",
-                   "angpt": "gpt_qk", "gpt_const": "gpt"}
+                   "angpt": "gpt_qk_f2", "gpt_const": "gpt"}
 BASELINE_KEYS = ("gpt", "gpt_qk", "gpt_qk_f2", "gpt_qk_rms")  # every model's steps to each baseline's final loss
 EVALS_PER_RUN = 20  # unless --eval_interval is given: steps to target interpolate between close points
 # train.py options that these scripts set for every run, with what to use instead
