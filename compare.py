@@ -3,15 +3,15 @@ How much faster do nGPT and anGPT converge than GPT, and at what cost per step? 
 on the same data, token budget and evaluation schedule, each with its own paper recipe and learning rate, then
 plots the validation loss and writes a table of steps to target, speedups and step times.
 
-$ python compare.py                                  # GPT, both QK-norms, nGPT, anGPT: 3 seeds at the device's preset
+$ python compare.py                                  # GPT, GPT+ in 2 recipes, QK-RMSNorm, nGPT, anGPT: 3 seeds each
 $ python compare.py --seeds 1 --iters 300 --models gpt,ngpt --n_layer 2      # any other option goes to train.py
 $ python compare.py --runs out/gpu/gpt out/gpu/ngpt --out_dir compare_gpu --log-x   # runs trained elsewhere
 
 Baselines follow the papers: nGPT against GPT, anGPT against the anGPT paper's GPT+ trained with that paper's recipe
-(GPT+QK-norm, Table F.2), the QK-norms against GPT; results.md also gives every model against each baseline. A model's target is its baseline's final
-validation loss (mean over seeds); its steps to target are read off its own mean eval curve by linear
-interpolation, and speedup = baseline steps / model steps. --baseline KEY sets one baseline for all models,
---target-loss X one target.
+(GPT+QK-norm, Table F.2), the QK-norms against GPT; results.md also gives every model against each baseline. A
+model's target is its baseline's final validation loss (mean over seeds); its steps to target are read off its own
+mean eval curve by linear interpolation, and speedup = baseline steps / model steps. --baseline KEY sets one
+baseline for all models, --target-loss X one target.
 
 The runs are interleaved (seed 0 of every model, then seed 1, ...) so that whatever else the machine does slows
 every model alike. A run that --out_dir already holds complete, with the same settings, is reused, and an
