@@ -48,15 +48,18 @@ VARIANTS = {
     "gpt_qk_rms": ("gpt", ["--qk_norm", "rms"], "GPT+QK-RMSNorm"),  # RMSNorm on q and k, per-channel gains
     "ngpt": ("ngpt", [], "nGPT"),
     "angpt": ("angpt", [], "anGPT"),
-    # Merrill et al.'s sqrt(t) norm growth needs no weight decay and a constant LR; the recipe's decay hides it
-    "gpt_const": ("gpt", ["--weight_decay", "0", "--decay_lr", "false"], "GPT, no decay, const LR"),
+    # Merrill et al.'s sqrt(t) norm growth: GPT without weight decay, at a constant LR, and both
+    "gpt_no_wd": ("gpt", ["--weight_decay", "0"], "GPT, no weight decay"),
+    "gpt_const_lr": ("gpt", ["--decay_lr", "false"], "GPT, constant LR"),
+    "gpt_no_wd_const_lr": ("gpt", ["--weight_decay", "0", "--decay_lr", "false"], "GPT, no weight decay, constant LR"),
 }
 ARCHITECTURES = ("gpt", "gpt_qk", "gpt_qk_rms", "ngpt", "angpt")  # differ in the model; the others in the recipe
 COMPARED = ("gpt", "gpt_qk", "gpt_qk_f2", "gpt_qk_rms", "ngpt", "angpt")  # compare.py's default: GPT+ in both recipes
 COLORS = {"gpt": "#333333", "gpt_qk": "#1f77b4", "gpt_qk_f2": "#ff7f0e", "gpt_qk_rms": "#17becf", "ngpt": "#2ca02c",
-          "angpt": "#d62728", "gpt_const": "#9467bd"}
+          "angpt": "#d62728", "gpt_no_wd": "#9467bd", "gpt_const_lr": "#8c564b", "gpt_no_wd_const_lr": "#e377c2"}
 PAPER_BASELINES = {"gpt": "gpt", "gpt_qk": "gpt", "gpt_qk_f2": "gpt", "gpt_qk_rms": "gpt", "ngpt": "gpt",
-                   "angpt": "gpt_qk_f2", "gpt_const": "gpt"}
+                   "angpt": "gpt_qk_f2", "gpt_no_wd": "gpt", "gpt_const_lr": "gpt",
+                   "gpt_no_wd_const_lr": "gpt"}
 BASELINE_KEYS = ("gpt", "gpt_qk", "gpt_qk_f2", "gpt_qk_rms")  # every model's steps to each baseline's final loss
 EVALS_PER_RUN = 20  # unless --eval_interval is given: steps to target interpolate between close points
 # train.py options that these scripts set for every run, with what to use instead

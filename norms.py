@@ -2,14 +2,17 @@
 The measurements of Merrill et al., "Effects of Parameter Norm Growth During Transformer Training: Inductive Bias
 from Gradient Descent" (EMNLP 2021), as train.py logs them for every model:
 
-- every step record: the parameter norm of the block matrices (sec. 3: it grows like sqrt(t)), per layer, the
-  relative step and the direction cosine between logged parameter vectors (directional convergence, sec. 4);
+- every step record: the parameter norm (sec. 3: it grows like sqrt(t)), per layer, the relative step, its
+  alignment with the parameters (sec. 5.5) and the direction cosine between logged parameter vectors
+  (directional convergence, sec. 4);
 - every eval record: saturation (Definition 1, sec. 4.1: how close the network is to its large-norm limit), the
   attention-logit std and the head statistics (argmax-like and mean-like heads, secs. 4.2 and 4.3), the learned
   scales, and the mean ||h|| after each block.
 
 experiments/norm_growth.py plots and tabulates them over finished runs.
 """
+
+import copy
 
 import torch
 from torch.nn import functional as F
@@ -18,35 +21,47 @@ from torch.nn import functional as F
 # Parameter-norm metrics (Merrill et al., EMNLP 2021: a transformer's parameter norm grows like sqrt(t))
 
 def norm_group(model):
-    """(layer, matrix) for the parameters whose norm is tracked: the 2-D weights inside the transformer blocks.
-    As in the paper's T5 analysis, no embeddings (wte, and here the untied lm_head too) and no 0-d or 1-d
-    parameters (RMSNorm gains, nGPT's and anGPT's scale vectors), which are logged separately (scale_summary)."""
-    return [(int(name.split(".")[2]), p) for name, p in model.named_parameters()
-            if name.startswith("transformer.h.") and p.dim() == 2]
+    """(layer, parameter) for the parameters whose norm is tracked: every parameter that is not a scalar (Merrill et
+    al., App. A, and their code's len(shape) > 0), the RMSNorm gains and nGPT's and anGPT's scale vectors included,
+    but not the embeddings (wte, and here the untied lm_head too), which their App. A advises leaving out. layer is
+    None for the parameters outside the blocks (the final norm's gain, nGPT's s_z)."""
+    return [(int(name.split(".")[2]) if name.startswith("transformer.h.") else None, p)
+            for name, p in model.named_parameters()
+            if p.dim() >= 1 and not name.startswith(("transformer.wte.", "lm_head."))]
+
+
+def total_norm(tensors):
+    return torch.stack(torch._foreach_norm(tensors)).square().sum().sqrt()
 
 
 @torch.no_grad()
 def norm_metrics(group, before_step, last_logged):
-    """param_norm (||theta||), param_norm_layers, rel_step (||theta_t+1 - theta_t|| / ||theta_t||) and dir_cos
-    (the cosine between this and the last logged theta), from the block matrices as they are now."""
+    """From the tracked parameters as they are now (theta) and before the step (theta_prev):
+      param_norm         ||theta||, and param_norm_layers, the same per block
+      rel_step           ||delta|| / ||theta_prev||, with delta = theta - theta_prev, the step
+      alignment          cos(theta_prev, delta): how much the step grows the norm (Merrill et al., sec. 5.5)
+      dir_cos            cos(theta, the last logged theta): directional convergence (sec. 4)"""
     layers = [layer for layer, _ in group]
     now = [p.detach().float() for _, p in group]
     squares = torch.stack(torch._foreach_norm(now)) ** 2
-    n_layers = max(layers) + 1
-    layer_norms = torch.zeros(n_layers, device=squares.device).index_add_(0, torch.tensor(layers, device=squares.device), squares).sqrt()
+    in_blocks = [i for i, layer in enumerate(layers) if layer is not None]
+    n_layers = max(layers[i] for i in in_blocks) + 1
+    layer_norms = torch.zeros(n_layers, device=squares.device).index_add_(
+        0, torch.tensor([layers[i] for i in in_blocks], device=squares.device), squares[in_blocks]).sqrt()
     norm = squares.sum().sqrt()
-    step = torch.stack(torch._foreach_norm(torch._foreach_sub(now, before_step))).square().sum().sqrt()
-    before_norm = torch.stack(torch._foreach_norm(before_step)).square().sum().sqrt()
-    out = dict(param_norm=norm.item(), param_norm_layers=layer_norms.tolist(), rel_step=(step / before_norm).item())
+    step = torch._foreach_sub(now, before_step)
+    step_norm, before_norm = total_norm(step), total_norm(before_step)
+    along = sum((d * b).sum() for d, b in zip(step, before_step))
+    out = dict(param_norm=norm.item(), param_norm_layers=layer_norms.tolist(),
+               rel_step=(step_norm / before_norm).item(), alignment=(along / (step_norm * before_norm)).item())
     if last_logged is not None:
         dot = sum((a * b).sum() for a, b in zip(now, last_logged))
-        last_norm = torch.stack(torch._foreach_norm(last_logged)).square().sum().sqrt()
-        out["dir_cos"] = (dot / (norm * last_norm)).item()
+        out["dir_cos"] = (dot / (norm * total_norm(last_logged))).item()
     return out
 
 
 class ParamNorms:
-    """norm_metrics for train.py's step records: remember() the block matrices before a logged step, metrics()
+    """norm_metrics for train.py's step records: remember() the tracked parameters before a logged step, metrics()
     after it. remember=True keeps the parameters as they are now as the last logged ones (a run resumed right
     after a step record)."""
 
@@ -156,26 +171,52 @@ def head_stats(logits, t_min, counts_at=HEAD_COUNT_CS, threshold=1e-5):
 
 
 @torch.no_grad()
-def attention_stats(model, idx):
-    """head_stats() of every layer: {name: [[one value per head] per layer]}, from the logits the attention modules
-    record during one forward pass."""
+def attention_logits(model, idx, params=None, logit_mult=1.0):
+    """Every layer's pre-softmax logits [(B, nh, T, T)], recorded by the attention modules during one forward pass:
+    of the model as it is, with `params` instead of its own (functional_call), or with every logit times logit_mult."""
     attentions = [block.attn for block in model.transformer.h]
     for attn in attentions:
-        attn.record_logits = []
+        attn.record_logits, attn.logit_mult = [], logit_mult
     try:
-        model(idx)
-        logits = [attn.record_logits[0] for attn in attentions]
+        if params is None:
+            model(idx)
+        else:
+            torch.func.functional_call(model, params, (idx,))
+        return [attn.record_logits[0] for attn in attentions]
     finally:
         for attn in attentions:
-            attn.record_logits = None
-    t_min = min(16, idx.size(1) // 4)
-    per_layer = [head_stats(layer_logits, t_min) for layer_logits in logits]
+            attn.record_logits, attn.logit_mult = None, 1.0
+
+
+def t_min_of(idx):
+    return min(16, idx.size(1) // 4)
+
+
+@torch.no_grad()
+def attention_stats(model, idx):
+    """head_stats() of every layer: {name: [[one value per head] per layer]}."""
+    per_layer = [head_stats(logits, t_min_of(idx)) for logits in attention_logits(model, idx)]
     return {name: [layer[name] for layer in per_layer] for name in per_layer[0]}
+
+
+@torch.no_grad()
+def saturated_head_counts(model, idx, kind):
+    """Per layer and head, the positions that keep an attention weight above 1e-5 in the saturated network, mean over
+    queries (Merrill et al., sec. 4.3, their saturate.py, here with the causal mask as -inf): 1 for an argmax-like
+    head, t + 1 for a mean-like one. kind as in saturation(): every parameter times SATURATION_C, or (nGPT, anGPT)
+    every attention logit times SATURATION_C."""
+    if kind == "params":
+        logits = attention_logits(model, idx, {name: p * SATURATION_C for name, p in model.named_parameters()})
+    else:
+        logits = attention_logits(model, idx, logit_mult=SATURATION_C)
+    return [head_stats(layer, t_min_of(idx), counts_at=(1,))["count_c1"] for layer in logits]
 
 
 def eval_metrics(model, idx, model_name):
     """The eval record's saturation and attention fields. The model must be the uncompiled one; it is run in eval
     mode and fp32 (the saturated logits reach c^4 = 1e12: bf16 would round near-equal ones to ties, fp16 overflow)."""
+    if any(p.dtype != torch.float32 for p in model.parameters()):  # --param_dtype bfloat16: measure an fp32 copy
+        model = copy.deepcopy(model).float()
     was_training = model.training
     model.eval()
     try:
@@ -191,7 +232,7 @@ def eval_metrics(model, idx, model_name):
                         else f"attention logits x {ATTENTION_C:g}",
                         saturation_attn=saturation(model, idx, "attention") if kind == "params" else main,
                         attn_logit_std=[round(sum(layer) / len(layer), 4) for layer in heads["logit_std"]],
-                        heads=heads, hidden_norm=hidden_norm)
+                        heads=heads, hidden_norm=hidden_norm, heads_saturated=saturated_head_counts(model, idx, kind))
     finally:
         model.train(was_training)
 

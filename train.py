@@ -19,9 +19,10 @@ $ python train.py --model ngpt --max_iters 500 --learning_rate 4e-3 --out_dir ou
 Each run writes into --out_dir (default out/<model>):
   log.jsonl    one JSON object per line: a step record every --log_interval steps
                {iter, tokens, loss, lr, ms_per_step, tokens_per_s, time_s, mfu, and norms.py's parameter-norm
-               metrics param_norm, param_norm_layers, rel_step, dir_cos} and an eval record every --eval_interval
-               steps {iter, tokens, train_loss, val_loss, lr, time_s, wall_s, scales, and norms.py's eval metrics
-               hidden_norm, saturation, saturation_kind, saturation_attn, attn_logit_std, heads}
+               metrics param_norm, param_norm_layers, rel_step, alignment, dir_cos} and an eval record every
+               --eval_interval steps {iter, tokens, train_loss, val_loss, lr, time_s, wall_s, scales, and norms.py's
+               eval metrics hidden_norm, saturation, saturation_kind, saturation_attn, attn_logit_std, heads,
+               heads_saturated}
   config.json  the resolved settings
   ckpt.pt      the latest checkpoint (model, optimizer, settings, step, RNG state); --resume continues from it
 """

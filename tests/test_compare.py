@@ -30,8 +30,9 @@ def test_runs_are_named_by_the_variant_their_settings_match():
     assert compare.variant_of(gpt) == "gpt"
     assert compare.variant_of(dict(gpt, qk_norm="true")) == "gpt_qk"
     assert compare.variant_of(dict(gpt, qk_norm="rms")) == "gpt_qk_rms"
-    assert compare.variant_of(dict(gpt, weight_decay=0.0, decay_lr=False)) == "gpt_const"
-    assert compare.variant_of(dict(gpt, weight_decay=0.0)) == "gpt"  # decaying LR: not the sqrt(t) setting
+    assert compare.variant_of(dict(gpt, weight_decay=0.0)) == "gpt_no_wd"
+    assert compare.variant_of(dict(gpt, decay_lr=False)) == "gpt_const_lr"
+    assert compare.variant_of(dict(gpt, weight_decay=0.0, decay_lr=False)) == "gpt_no_wd_const_lr"  # the most specific
     older = {k: v for k, v in gpt.items() if k != "decay_lr"}  # a run logged before --decay_lr existed
     assert compare.variant_of(older) == "gpt"
     assert compare.variant_of(train.resolve_settings(["--model", "ngpt"])[0]) == "ngpt"

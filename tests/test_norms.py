@@ -121,6 +121,9 @@ def test_a_one_hot_head_counts_one_position_and_a_uniform_head_counts_all():
     assert h["n_eff"][0] == pytest.approx(1.0, abs=1e-4)
     assert h["count_c10"][0] == h["count_c100"][0] == 1.0
     assert h["f_eff"][0] == pytest.approx((1 / positions).mean().item(), rel=1e-3)
+    # the count of the saturated network (Merrill et al.'s, at temperature 1), for the last query, which sees T keys
+    assert norms.head_stats(uniform, T - 1, counts_at=(1,))["count_c1"] == [T]
+    assert norms.head_stats(one_hot, T - 1, counts_at=(1,))["count_c1"] == [1]
 
 
 def test_head_statistics_ignore_the_future_keys():
@@ -143,6 +146,8 @@ def test_the_eval_metrics_have_one_value_per_layer_and_head(name):
     assert metrics["saturation_kind"] == ("all parameters x 1000" if name == "gpt" else "attention logits x 100")
     for field in ("n_eff", "f_eff", "count_c10", "count_c100", "logit_std"):
         assert len(metrics["heads"][field]) == L and all(len(layer) == H for layer in metrics["heads"][field])
+    assert len(metrics["heads_saturated"]) == L and all(len(layer) == H for layer in metrics["heads_saturated"])
+    assert all(1 <= c <= SIZES["block_size"] for layer in metrics["heads_saturated"] for c in layer)
     # at init GPT's logits are near 0 (std about 0.01), so its heads are uniform; nGPT and anGPT bring the logits to
     # variance about 1 on purpose, which still spreads every head over more than half of the positions it sees
     f_eff = [f for layer in metrics["heads"]["f_eff"] for f in layer]
@@ -152,11 +157,19 @@ def test_the_eval_metrics_have_one_value_per_layer_and_head(name):
 
 
 @pytest.mark.parametrize("name", train.MODELS)
-def test_the_norm_group_holds_the_block_matrices_and_nothing_else(name):
+def test_the_norm_group_holds_every_parameter_but_the_embeddings_gains_included(name):
     model = fresh(name)
     tracked = {id(p) for _, p in norms.norm_group(model)}
     names = [n for n, p in model.named_parameters() if id(p) in tracked]
-    assert names and all(n.startswith("transformer.h.") and n.endswith(".weight") for n in names)
-    assert all(part not in n for n in names for part in ("wte", "lm_head", "ln_", "alpha", "s_qk", "s_uv", "s_z"))
-    matrices_in_blocks = [n for n, p in model.named_parameters() if p.dim() == 2 and n.startswith("transformer.h.")]
-    assert names == matrices_in_blocks
+    assert names == [n for n, p in model.named_parameters() if not n.startswith(("transformer.wte", "lm_head"))]
+    assert any(p.dim() == 1 for _, p in norms.norm_group(model))  # the gains (nGPT, anGPT: the scale vectors)
+
+
+def test_alignment_is_1_for_a_step_along_the_parameters_and_minus_1_against_them():
+    theta = [torch.randn(4, 3), torch.randn(3)]
+    group = [(0, p) for p in theta]
+    for factor, alignment in ((1.1, 1.0), (0.9, -1.0)):
+        before = [p / factor for p in theta]  # the step theta - before points along (or against) before
+        assert norms.norm_metrics(group, before, None)["alignment"] == pytest.approx(alignment, abs=1e-6)
+    sideways = [theta[0] + torch.randn(4, 3) * 1e-3, theta[1]]
+    assert abs(norms.norm_metrics(group, sideways, None)["alignment"]) < 1
