@@ -73,16 +73,18 @@ class Scale(nn.Module):
     """A learned vector whose effective value is its stored value times s_init/s_scale (nGPT's s_init, s_scale).
 
     Stored at s_scale, it starts at s_init; a small s_scale makes Adam's steps on it s_init/s_scale times larger
-    in effect (its learning rate is effectively scaled up).
+    in effect (its learning rate is effectively scaled up). The ablations of Table 5: kind "scalar" learns one value
+    for all dim entries, kind "value" keeps it fixed at s_init.
     """
 
-    def __init__(self, dim, s_init, s_scale):
+    def __init__(self, dim, s_init, s_scale, kind="vector"):
         super().__init__()
-        self.s_init, self.s_scale = s_init, s_scale
-        self.weight = nn.Parameter(torch.full((dim,), float(s_scale)))
+        self.s_init, self.s_scale, self.dim = s_init, s_scale, dim
+        self.weight = nn.Parameter(torch.full((dim if kind == "vector" else 1,), float(s_scale)),
+                                   requires_grad=kind != "value")
 
     def forward(self):
-        return self.weight * (self.s_init / self.s_scale)
+        return (self.weight * (self.s_init / self.s_scale)).expand(self.dim)
 
 
 class QKGain(nn.Module):
@@ -178,8 +180,11 @@ class MLP(nn.Module):
         # SwiGLU: u and the gate z come from one matrix of 2 * 4 * n_embd rows (NVIDIA's c_fc)
         self.c_fc = nn.Linear(config.n_embd, 2 * 4 * config.n_embd, bias=False)
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=False)
-        # nu_uz = sqrt(d_model/d_ff) (App. E): it sets the scale of the gate's input z, which enters SiLU
-        self.nu_uz = math.sqrt(config.n_embd / (4 * config.n_embd))
+        # nu_uz = sqrt(d_model/d_ff) (App. E): it sets the scale of the gate's input z, which enters SiLU. Of the
+        # constant factors it is the one not followed by a norm, so Table L.1's "const. norm factor" ablations act here
+        self.nu_uz = math.sqrt(config.n_embd / (4 * config.n_embd)) * config.const_factor_mult
+        if not config.const_factors:  # Table L.1, "no const. norm factors"
+            self.nu_uz = 1.0
 
     def forward(self, x):
         # u, z <- W_uz h nu_uz, computed as W_uz (h nu_uz): the same numbers, with x 8 times narrower than u, z
@@ -188,14 +193,16 @@ class MLP(nn.Module):
         return self.c_proj(u * F.silu(z))
 
 
-def step_near_sphere(h, h_block, alpha):
+def step_near_sphere(h, h_block, alpha, residual_factor=True, factor_mult=1.0):
     """h <- (h + alpha (h_block - h)) nu(alpha): a step of size alpha from h toward h_block, rescaled by a constant.
 
     For independent unit h and h_block, E||h + alpha (h_block - h)||^2 = (1 - alpha)^2 + alpha^2 (sec. 4.2), so
     nu(alpha) = 1/sqrt(alpha^2 + (1 - alpha)^2) (App. E) brings it back to about unit norm: elementwise for the
-    per-channel alpha, and recomputed from the current alpha every forward.
+    per-channel alpha, and recomputed from the current alpha every forward. Table L.1's ablations: without the
+    residual_factor the step is the plain interpolation (nu = 1), and factor_mult multiplies nu(alpha).
     """
-    nu = torch.rsqrt(alpha ** 2 + (1 - alpha) ** 2)
+    nu = torch.rsqrt(alpha ** 2 + (1 - alpha) ** 2) if residual_factor else torch.ones_like(alpha)
+    nu = nu * factor_mult
     # (h + alpha (h_block - h)) nu = h (1 - alpha) nu + h_block alpha nu: one multiply and one fused multiply-add
     return torch.addcmul(h * ((1 - alpha) * nu), h_block, alpha * nu)
 
@@ -206,15 +213,24 @@ class Block(nn.Module):
         super().__init__()
         self.attn = CausalSelfAttention(config)
         self.mlp = MLP(config)
-        # the interpolation weights alpha_a and alpha_m: per-channel step sizes toward the block outputs
-        self.alpha_attn = Scale(config.n_embd, config.alpha_init, config.s_scale)
-        self.alpha_mlp = Scale(config.n_embd, config.alpha_init, config.s_scale)
+        self.lerp, self.residual_factor, self.factor_mult = (config.lerp, config.residual_factor,
+                                                             config.residual_factor_mult)
+        if self.lerp:  # the interpolation weights alpha_a and alpha_m: per-channel step sizes toward the block outputs
+            self.alpha_attn = Scale(config.n_embd, config.alpha_init, config.s_scale)
+            self.alpha_mlp = Scale(config.n_embd, config.alpha_init, config.s_scale)
+        else:
+            self.alpha_attn = self.alpha_mlp = None
+
+    def residual(self, h, h_block, alpha):
+        if not self.lerp:  # Table L.1, "no LERP": the plain residual sum, without alpha and nu(alpha)
+            return h + h_block
+        # abs() keeps alpha positive, as nGPT's
+        return step_near_sphere(h, h_block, alpha().abs(), self.residual_factor, self.factor_mult)
 
     def forward(self, h, tables):
-        # Table 1: h_a <- norm(h_a), h <- (h + alpha_a (h_a - h)) nu(alpha_a), then the same with h_m and alpha_m;
-        # abs() keeps the alphas positive, as nGPT's
-        h = step_near_sphere(h, norm(self.attn(h, tables)), self.alpha_attn().abs())
-        h = step_near_sphere(h, norm(self.mlp(h)), self.alpha_mlp().abs())
+        # Table 1: h_a <- norm(h_a), h <- (h + alpha_a (h_a - h)) nu(alpha_a), then the same with h_m and alpha_m
+        h = self.residual(h, norm(self.attn(h, tables)), self.alpha_attn)
+        h = self.residual(h, norm(self.mlp(h)), self.alpha_mlp)
         return h
 
 
@@ -232,6 +248,12 @@ class Config:
     g_init: str = "sqrt_d_head"  # g starts at "sqrt_d_head", or at log2(T^2 - T) for training length T ("henry")
     s_z_init: float = 1.0      # initial logit scale s_z
     s_scale: float = 0.01      # the s_scale of alpha and s_z (sec. 5; nGPT's is 1/sqrt(n_embd))
+    # the ablations of Table L.1, each off the full model by one switch (experiments/ablations.py runs them)
+    lerp: bool = True          # false: "no LERP", each residual step is the plain sum h + h_block
+    residual_factor: bool = True  # false: "no residual norm factor", the step is the plain interpolation
+    const_factors: bool = True  # false: "no const. norm factors", nu_uz = 1
+    const_factor_mult: float = 1.0     # "const. norm factor x0.5, x2.0": nu_uz times this
+    residual_factor_mult: float = 1.0  # with const_factor_mult, "all norm factors x0.5, x2.0": nu(alpha) times this
 
 
 class Model(nn.Module):

@@ -186,7 +186,8 @@ def check_same_settings(folder, s):
     """A run in `folder` is reused or resumed only if it was started with the same settings `s`."""
     saved = json.loads((folder / "config.json").read_text())
     # an option newer than the run has its default value there
-    defaults = dict(train.DEFAULTS, **{k: default for k, (default, _) in train.model_options().items()})
+    defaults = dict(train.DEFAULTS, **{k: by_model[saved["model"]] for k, by_model in train.model_options().items()
+                                       if saved["model"] in by_model})
     differ = [k for k, v in s.items() if k not in train.SYSTEM_KEYS and saved.get(k, defaults.get(k)) != v]
     if differ:
         raise ConfigError(f"{folder} holds a run with other settings ({', '.join(differ)}); "

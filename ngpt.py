@@ -22,8 +22,10 @@ paper's trick for giving these vectors their own effective learning rate):
   s_qk      transformer.h.{l}.attn.s_qk.weight        (n_embd,) = (nh, hs)  1                   1/sqrt(n_embd)
   s_u, s_v  transformer.h.{l}.mlp.s_uv.weight         (8 n_embd,): u, v     1, x sqrt(n_embd)   1
   s_z       s_z.weight                                (vocab_size,)         1                   1/sqrt(n_embd)
-The raw values mean what NVIDIA's attn_alpha, mlp_alpha, sqk, suv and sz mean, so its state_dict loads into this
-model after renaming (and concatenating query, key, value into c_attn; tests/test_ngpt.py does it).
+Table 4's other s_init and s_scale, and Table 5's scalars and fixed values in place of these vectors, are options
+(s_qk_init, s_qk_kind, ...; experiments/ablations.py runs them). The raw values mean what NVIDIA's attn_alpha,
+mlp_alpha, sqk, suv and sz mean, so its state_dict loads into this model after renaming (and concatenating query,
+key, value into c_attn; tests/test_ngpt.py does it).
 
 Choices where the paper and the official code differ, or where either is unclear:
   - rope="standard" (default) is true RoPE, the paper's choice. rope="reference" is the element-wise
@@ -75,16 +77,27 @@ class Scale(nn.Module):
     """A learned vector whose effective value is its stored value times s_init/s_scale (nGPT's s_init, s_scale).
 
     Stored at s_scale, it starts at s_init; a small s_scale makes Adam's steps on it s_init/s_scale times larger
-    in effect (its learning rate is effectively scaled up).
+    in effect (its learning rate is effectively scaled up). The ablations of Table 5: kind "scalar" learns one value
+    for all dim entries, kind "value" keeps it fixed at s_init.
     """
 
-    def __init__(self, dim, s_init, s_scale):
+    def __init__(self, dim, s_init, s_scale, kind="vector"):
         super().__init__()
-        self.s_init, self.s_scale = s_init, s_scale
-        self.weight = nn.Parameter(torch.full((dim,), float(s_scale)))
+        self.s_init, self.s_scale, self.dim = s_init, s_scale, dim
+        self.weight = nn.Parameter(torch.full((dim if kind == "vector" else 1,), float(s_scale)),
+                                   requires_grad=kind != "value")
 
     def forward(self):
-        return self.weight * (self.s_init / self.s_scale)
+        return (self.weight * (self.s_init / self.s_scale)).expand(self.dim)
+
+
+def table_value(config, field):
+    """An s_init or s_scale as the paper's Table 4 writes it: a number, "sqrt(d)" or "1/sqrt(d)", with d = n_embd."""
+    text = getattr(config, field)
+    named = {"sqrt(d)": config.n_embd ** 0.5, "1/sqrt(d)": config.n_embd ** -0.5}
+    value = named[text] if text in named else float(text) if text.replace(".", "", 1).isdigit() else 0.0
+    assert value > 0, f"{field} must be a positive number, sqrt(d) or 1/sqrt(d), not {text!r}"
+    return value
 
 
 def rope_tables(rope, seq_len, rope_dim, device):
@@ -124,11 +137,13 @@ class CausalSelfAttention(nn.Module):
         self.n_head = config.n_head
         self.head_dim = config.n_embd // config.n_head
         self.rope = config.rope
+        self.qk_norm = config.qk_norm
         # query, key and value projections for all heads in one matrix
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=False)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
         # s_qk: one scale per head and channel, init 1
-        self.s_qk = Scale(config.n_embd, 1.0, config.base_scale)
+        self.s_qk = Scale(config.n_embd, table_value(config, "s_qk_init"), table_value(config, "s_qk_scale"),
+                          config.s_qk_kind)
         # for train.py's attention metrics only, inert in training: a multiplier on the attention logits (the
         # temperature-saturation probe of Merrill et al. 2021) and, when set to a list, a record of the logits
         self.logit_mult = 1.0
@@ -144,7 +159,9 @@ class CausalSelfAttention(nn.Module):
         # q <- Norm(q) s_qk, k <- Norm(k) s_qk, per head, after the positional transform. Only their dot product is
         # used, sum_i s_qk_i^2 Norm(q)_i Norm(k)_i, so s_qk^2 is applied to q alone: one multiply fewer
         s_qk = self.s_qk().view(self.n_head, 1, self.head_dim)  # (nh, 1, hs), broadcast over B and T
-        q, k = (s_qk * s_qk) * norm(q), norm(k)
+        if self.qk_norm == "true":  # "false": Table 6, "nGPT - QK norm" (s_qk and the softmax scale stay)
+            q, k = norm(q), norm(k)
+        q = (s_qk * s_qk) * q
         # q.k is now s_qk^2 times a cosine, whose variance is about 1/hs for random directions: the softmax scale
         # becomes +sqrt(hs) instead of 1/sqrt(hs), to bring the attention logits back to variance 1
         scale = self.logit_mult * math.sqrt(self.head_dim)
@@ -163,7 +180,8 @@ class MLP(nn.Module):
         self.c_fc = nn.Linear(config.n_embd, 2 * 4 * config.n_embd, bias=False)
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=False)
         # s_u and s_v in one vector: its first 4 n_embd entries scale u, the rest scale v
-        self.s_uv = Scale(2 * 4 * config.n_embd, 1.0, 1.0)
+        self.s_uv = Scale(2 * 4 * config.n_embd, table_value(config, "s_uv_init"), table_value(config, "s_uv_scale"),
+                          config.s_uv_kind)
         self.sqrt_n_embd = math.sqrt(config.n_embd)
 
     def forward(self, x):
@@ -187,8 +205,8 @@ class Block(nn.Module):
         self.attn = CausalSelfAttention(config)
         self.mlp = MLP(config)
         # the eigen learning rates alpha_A and alpha_M: per-channel step sizes toward the block outputs
-        self.alpha_attn = Scale(config.n_embd, config.alpha_init, config.base_scale)
-        self.alpha_mlp = Scale(config.n_embd, config.alpha_init, config.base_scale)
+        self.alpha_attn = Scale(config.n_embd, config.alpha_init, config.base_scale, config.alpha_kind)
+        self.alpha_mlp = Scale(config.n_embd, config.alpha_init, config.base_scale, config.alpha_kind)
 
     def forward(self, h, tables):
         # eq. (10-11), h_A = Norm(Attn(h)) and h_M = Norm(MLP(h)); abs() keeps the eigen learning rates positive (the
@@ -209,11 +227,24 @@ class Config:
     rope: str = "standard"     # positional encoding: "standard" RoPE, or NVIDIA's "reference" transform
     rope_fraction: float = 1.0  # the fraction of each head's dimensions that rope turns (anGPT paper, Table F.2: 0.5)
     alpha_init: float = 0.05   # initial eigen learning rates alpha_A, alpha_M (paper and NVIDIA's code)
+    # the ablations of the paper's Tables 4 to 6, each off the full model by one switch (experiments/ablations.py);
+    # s_init and s_scale as Table 4 writes them, d = n_embd
+    s_qk_init: str = "1"
+    s_qk_scale: str = "1/sqrt(d)"
+    s_uv_init: str = "1"
+    s_uv_scale: str = "1"
+    s_z_init: str = "1"
+    s_z_scale: str = "1/sqrt(d)"
+    s_qk_kind: str = "vector"  # Table 5: a learned "vector" per entry, one learned "scalar", or a fixed "value"
+    s_uv_kind: str = "vector"
+    s_z_kind: str = "vector"
+    alpha_kind: str = "vector"
+    qk_norm: str = "true"      # "false": Table 6, q and k not normalized
 
     @property
     def base_scale(self):
-        # 1/sqrt(n_embd): the init std of the matrices and the s_scale of alpha, s_qk and s_z. Derived, not an
-        # option: NVIDIA's GPTConfig defaults it to 1/sqrt(1024), silently wrong for any other width
+        # 1/sqrt(n_embd): the init std of the matrices and the s_scale of alpha (and of s_qk and s_z by default).
+        # Derived, not an option: NVIDIA's GPTConfig defaults it to 1/sqrt(1024), silently wrong for any other width
         return self.n_embd ** -0.5
 
 
@@ -224,6 +255,10 @@ class Model(nn.Module):
         assert config.vocab_size is not None and config.block_size is not None
         assert config.rope in ("standard", "reference"), f"rope must be standard or reference, not {config.rope!r}"
         assert 0 < config.rope_fraction <= 1, f"rope_fraction must be above 0 and at most 1, not {config.rope_fraction}"
+        assert config.qk_norm in ("true", "false"), f"qk_norm must be true or false, not {config.qk_norm!r}"
+        for field in ("s_qk_kind", "s_uv_kind", "s_z_kind", "alpha_kind"):
+            kind = getattr(config, field)
+            assert kind in ("vector", "scalar", "value"), f"{field} must be vector, scalar or value, not {kind!r}"
         self.rope_dim = 2 * max(1, round(config.n_embd // config.n_head * config.rope_fraction / 2))  # whole pairs
         self.config = config
         self.transformer = nn.ModuleDict(dict(
@@ -232,7 +267,8 @@ class Model(nn.Module):
         ))
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)  # not tied to wte
         # s_z: the logits are cosines in [-1, 1]; s_z restores their temperature, per vocabulary entry
-        self.s_z = Scale(config.vocab_size, 1.0, config.base_scale)
+        self.s_z = Scale(config.vocab_size, table_value(config, "s_z_init"), table_value(config, "s_z_scale"),
+                         config.s_z_kind)
         # init all matrices N(0, 1/sqrt(n_embd)) and the residual projections N(0, 1/sqrt(n_embd)/sqrt(2 * n_layer))
         # as NVIDIA's code; only the directions matter, since after_step() puts every row on the sphere
         self.apply(self._init_weights)

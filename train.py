@@ -80,6 +80,7 @@ DEFAULTS = dict(
     # system
     device=None,                # default: cuda if available, else cpu
     dtype=None,                 # default: bfloat16 autocast on CUDA, float32 on CPU
+    param_dtype="float32",      # bfloat16: the blocks' matrices stored and stepped in bf16, as NVIDIA's nGPT code
     compile=False,
     seed=1337,
     skip_nonfinite=0,           # skip up to this many steps whose loss or gradient is not finite; 0: stop at the first
@@ -120,12 +121,12 @@ class TrainingError(Exception):
 
 
 def model_options():
-    """{option: (default, [models])}: the Config fields of every model beyond the sizes."""
+    """{option: {model: default}}: the Config fields of every model beyond the sizes."""
     options = {}
     for name, module in MODELS.items():
         for f in dataclasses.fields(module.Config):
             if f.name not in SIZE_FIELDS:
-                options.setdefault(f.name, (f.default, []))[1].append(name)
+                options.setdefault(f.name, {})[name] = f.default
     return options
 
 
@@ -166,15 +167,28 @@ def build_parser():
             kind, help_text = float, "default: none (warmup_iters); the anGPT paper's GPT+ warms up over 0.2"
         elif key in PRESETS["cpu"]:
             help_text = "default by preset: " + ", ".join(f"{n} {preset[key]}" for n, preset in PRESETS.items())
+        elif key == "param_dtype":
+            help_text = ("float32, or bfloat16: the blocks' weight matrices stored and stepped by AdamW in bf16, the "
+                         "gains and scales in fp32 (NVIDIA's nGPT code); needs --dtype bfloat16")
         elif key in ("out_dir", "device", "dtype"):
             help_text = dict(out_dir="default: out/<model>", device="cpu, cuda or cuda:N (default: cuda if available)",
                              dtype="float32 or bfloat16 (autocast; default: bfloat16 on CUDA, float32 on CPU)")[key]
-        extra = dict(resume=dict(nargs="?", const=True), dtype=dict(choices=("float32", "bfloat16"))).get(key, {})
+        extra = dict(resume=dict(nargs="?", const=True), dtype=dict(choices=("float32", "bfloat16")),
+                     param_dtype=dict(choices=("float32", "bfloat16"))).get(key, {})
         p.add_argument(f"--{key}", type=kind, help=help_text, **extra)
-    for key, (default, owners) in model_options().items():
-        kind = parse_bool if isinstance(default, bool) else type(default)
-        p.add_argument(f"--{key}", type=kind, help=f"model option of {', '.join(owners)} (default: {default})")
+    for key, defaults in model_options().items():
+        # read as text: two models may type one option differently; resolve_settings converts it for the model
+        p.add_argument(f"--{key}", help="model option of " + ", ".join(f"{name} (default: {default})"
+                                                                       for name, default in defaults.items()))
     return p
+
+
+def model_option_value(key, text, default):
+    """A model option's text as its Config field's type (that of the default)."""
+    try:
+        return parse_bool(text) if isinstance(default, bool) else type(default)(text)
+    except (ValueError, argparse.ArgumentTypeError):
+        raise ConfigError(f"--{key}: expected {type(default).__name__}, got {text!r}") from None
 
 
 def resolve_settings(argv):
@@ -182,9 +196,10 @@ def resolve_settings(argv):
     given = {k: v for k, v in vars(build_parser().parse_args(argv)).items() if v is not None}
     module = MODELS[given["model"]]
     config_fields = {f.name: f.default for f in dataclasses.fields(module.Config)}
-    for key in given:
-        if key in model_options() and key not in config_fields:
+    for key in set(given) & set(model_options()):
+        if key not in config_fields:
             raise ConfigError(f"--{key} is not an option of model {given['model']}")
+        given[key] = model_option_value(key, given[key], config_fields[key])
     device = given.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
     s = dict(DEFAULTS, preset=given.get("preset") or ("gpu" if device.startswith("cuda") else "cpu"))
     s.update(PRESETS[s["preset"]])
@@ -211,6 +226,8 @@ def resolve_settings(argv):
                           f"(rotary embeddings turn pairs of dimensions)")
     if not 0 <= (s["warmup_frac"] or 0) < 1:
         raise ConfigError(f"--warmup_frac is a fraction of max_iters, from 0 to below 1, got {s['warmup_frac']}")
+    if s["param_dtype"] == "bfloat16" and s["dtype"] != "bfloat16":
+        raise ConfigError("--param_dtype bfloat16 needs bf16 autocast: add --dtype bfloat16")
     if not 0 < s["learning_rate"] < math.inf:
         raise ConfigError(f"--learning_rate must be a positive number, got {s['learning_rate']}")
     # the model checks its own options (rope, qk_norm, ...): built on the meta device, which allocates nothing
@@ -487,6 +504,10 @@ def build_model(run, checkpoint):
                           f"checkpoint was trained with {checkpoint['model_config']['vocab_size']}")
     torch.manual_seed(s["seed"])
     model = module.Model(module.Config(**model_args)).to(s["device"])
+    if s["param_dtype"] == "bfloat16":  # the blocks' matrices, as NVIDIA's nGPT code; AdamW's moments follow them
+        for p in model.transformer.h.parameters():
+            if p.dim() == 2:
+                p.data = p.data.to(torch.bfloat16)
     run.optimizer = torch.optim.AdamW(model.optimizer_groups(s["weight_decay"]), lr=s["learning_rate"], eps=s["eps"],
                                       betas=(s["beta1"], s["beta2"]), fused=s["device"].startswith("cuda"))
     if checkpoint is None:

@@ -56,9 +56,9 @@ def inside_the_forward(model, idx, monkeypatch):
         seen["k"].append(k.detach())
         return sdpa(q, k, v, **kwargs)
 
-    def residual_step(h, h_block, alpha):
+    def residual_step(h, h_block, *args):
         seen["block_outputs"].append(h_block.detach())
-        return step(h, h_block, alpha)
+        return step(h, h_block, *args)
 
     monkeypatch.setattr(F, "scaled_dot_product_attention", attention)
     monkeypatch.setattr(angpt, "step_near_sphere", residual_step)
@@ -142,7 +142,7 @@ def test_the_forward_computes_four_norms_per_block_and_none_on_the_residual_stre
 def test_the_counter_sees_a_norm_added_to_the_residual_stream(monkeypatch):
     # the count above can fail: with a norm after every residual step (nGPT's), it sees two more per block
     step = angpt.step_near_sphere
-    monkeypatch.setattr(angpt, "step_near_sphere", lambda h, h_block, alpha: angpt.norm(step(h, h_block, alpha)))
+    monkeypatch.setattr(angpt, "step_near_sphere", lambda *args: angpt.norm(step(*args)))
     model = tiny_model(n_layer=3)
     with CountNorms() as counter:
         model(torch.randint(0, VOCAB, (2, 16)))
