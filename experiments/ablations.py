@@ -128,6 +128,7 @@ def summarize_table(table, rows, points):
         diverged = [p["diverged"] for p in points[name] if p["diverged"] is not None]
         change, error = relative_change(finite, full) if finite and full else (None, None)
         out.append(dict(name=name, label=what, model=key, options=options, paper=paper, reference=reference,
+                        iters=row[5] if len(row) > 5 else 1, full_model=rows[0][2],
                         seeds=[p["seed"] for p in points[name]], final_val_loss=finite,
                         final_val_loss_mean=float(np.mean(finite)) if finite else None, diverged=diverged,
                         change=change, change_error=error))
@@ -166,7 +167,12 @@ def markdown(tables, speedups):
             loss = loss or "diverged"
             change = ("-" if r["change"] is None else "0" if r["name"] == r["reference"] else
                       f"{r['change']:+.2f}%" + (f" +- {r['change_error']:.2f}" if r["change_error"] is not None else ""))
-            switch = "`" + shlex.join(r["options"]) + "`" if r["options"] else "(the full model)"
+            switch = "`" + shlex.join(r["options"]) + "`" if r["options"] else ""
+            if r["model"] != r["full_model"] and table != "dtype":
+                switch = f"{compare.label(r['model'])} {switch}".strip()
+            if r["iters"] != 1:
+                switch = f"{switch} max_iters x{r['iters']:g}".strip()
+            switch = switch or "(the full model)"
             lines.append(f"| {r['label']} | {switch} | {len(r['seeds'])} | {loss} | {change} | "
                          f"{fmt_paper(r['paper'])} |")
         lines.append("")
