@@ -13,7 +13,7 @@ full model is always run: the others are measured against it). A row whose paper
 the full models and the warmup and dtype rows get --seeds seeds (default 3); the others --small_seeds (default 1).
 
 Writes into --out_dir (default ablations_out/): results.md (per table: the final val loss, its change relative to
-the full model with the standard error of that change, "diverged" where a run diverged, beside the paper's
+the full model at the same seed with its standard error, "diverged" where a run diverged, beside the paper's
 change), ablations.png (the change here against the paper's), results.json and runs/<row>-s<seed>/, the runs. A
 run that train.py stopped on a non-finite loss gets a diverged.txt, so that the same command again reuses it too.
 """
@@ -105,32 +105,37 @@ def row_seeds(row, seeds, small_seeds, table):
 # The numbers
 
 def relative_change(finals, full_finals):
-    """(change of the mean final val loss in % of the full model's, its standard error in %). A row of one seed is
-    given the full model's seed-to-seed spread; None for the error when neither has two seeds."""
-    mean, full = float(np.mean(finals)), float(np.mean(full_finals))
-    spread = lambda xs: float(np.std(xs, ddof=1)) if len(xs) > 1 else None
-    full_std = spread(full_finals)
-    row_std = spread(finals) if len(finals) > 1 else full_std
-    if row_std is None or full_std is None:
-        return 100 * (mean / full - 1), None
-    return 100 * (mean / full - 1), 100 * math.sqrt(row_std ** 2 / len(finals) + full_std ** 2 / len(full_finals)) / full
+    """(change of the final val loss in % of the full model's, its standard error in %), from {seed: final val
+    loss}. A seed starts both runs from the same draw and feeds them the same batches, so the change is taken seed
+    by seed and averaged: most of the seed-to-seed spread, which both runs share, cancels. A row of one seed is given
+    the full model's seed-to-seed spread, for want of its own; None for the error when neither has two seeds."""
+    seeds = sorted(set(finals) & set(full_finals))
+    if not seeds:
+        return None, None
+    changes = [100 * (finals[seed] / full_finals[seed] - 1) for seed in seeds]
+    if len(seeds) > 1:
+        return float(np.mean(changes)), float(np.std(changes, ddof=1)) / math.sqrt(len(seeds))
+    full = list(full_finals.values())
+    error = 100 * float(np.std(full, ddof=1) / np.mean(full)) if len(full) > 1 else None
+    return changes[0], error
 
 
 def summarize_table(table, rows, points):
     """One dict per row: its final val losses, the runs that diverged, and its change against the full model: the
     table's first row, or in the dtype table the same model with fp32 weights."""
-    finals = lambda name: [p["final_val_loss"] for p in points.get(name, []) if p["diverged"] is None]
+    finals = lambda name: {p["seed"]: p["final_val_loss"] for p in points.get(name, []) if p["diverged"] is None}
     out = []
     for row in rows:
         name, what, key, options, paper = row[:5]
         reference = f"{key}_float32" if table == "dtype" else rows[0][0]
         full, finite = finals(reference), finals(name)
         diverged = [p["diverged"] for p in points[name] if p["diverged"] is not None]
-        change, error = relative_change(finite, full) if finite and full else (None, None)
+        change, error = relative_change(finite, full)
         out.append(dict(name=name, label=what, model=key, options=options, paper=paper, reference=reference,
                         iters=row[5] if len(row) > 5 else 1, full_model=rows[0][2],
-                        seeds=[p["seed"] for p in points[name]], final_val_loss=finite,
-                        final_val_loss_mean=float(np.mean(finite)) if finite else None, diverged=diverged,
+                        seeds=[p["seed"] for p in points[name]], final_val_loss=list(finite.values()),
+                        final_val_loss_mean=float(np.mean(list(finite.values()))) if finite else None,
+                        diverged=diverged,
                         change=change, change_error=error))
     return out
 
@@ -183,9 +188,10 @@ def markdown(tables, speedups):
             cell = lambda base: "-" if by_base.get(base) is None else f"{by_base[base]:.2f}x"
             lines.append(f"| {dtype} | {cell('gpt')} | {cell('gpt_qk')} |")
         lines.append("")
-    lines += ["Change here: the mean final val loss of the row against the full model's (the table's first row; in "
-              "the dtype table the same model with fp32 weights), in %, +- the standard error of that difference "
-              "from the seed-to-seed spreads (a row of one seed is given the full model's spread). Paper: the "
+    lines += ["Change here: the final val loss of the row against the full model's at the same seed (the table's "
+              "first row; in the dtype table the same model with fp32 weights), in %, averaged over the seeds, +- "
+              "its standard error over the seeds (a row of one seed is given the full model's seed-to-seed spread, "
+              "for want of its own). Paper: the "
               "paper's change at 0.5B parameters (anGPT: Table L.1; nGPT: Tables 4 to 6, relative to 2.252).", ""]
     return lines
 

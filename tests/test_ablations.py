@@ -171,12 +171,16 @@ def test_every_switch_of_the_tables_is_a_valid_train_py_command():
             train.resolve_settings(["--model", model, *options, *row[3]])
 
 
-def test_the_relative_change_and_its_error():
-    change, error = ablations.relative_change([1.02, 1.04], [1.0, 1.0, 1.0 + 1e-9])
-    assert change == pytest.approx(3.0)
-    one, one_error = ablations.relative_change([1.1], [1.0, 1.02])
-    assert one == pytest.approx(100 * (1.1 / 1.01 - 1))
-    assert one_error == pytest.approx(100 * math.sqrt(0.02 ** 2 / 2 / 1 + 0.02 ** 2 / 2 / 2) / 1.01)
+def test_the_relative_change_is_taken_seed_by_seed_and_a_single_seed_borrows_the_full_models_spread():
+    # the same +2% at every seed: no error, though the two seeds of the full model differ by 10%
+    change, error = ablations.relative_change({0: 1.02, 1: 1.122}, {0: 1.0, 1: 1.1, 2: 1.3})
+    assert change == pytest.approx(2.0) and error == pytest.approx(0.0, abs=1e-9)
+    change, error = ablations.relative_change({0: 1.02, 1: 1.0}, {0: 1.0, 1: 1.0})
+    assert change == pytest.approx(1.0) and error == pytest.approx(100 * 0.02 / math.sqrt(2) / math.sqrt(2))
+    one, one_error = ablations.relative_change({1: 1.1}, {0: 1.0, 1: 1.02})
+    assert one == pytest.approx(100 * (1.1 / 1.02 - 1))
+    assert one_error == pytest.approx(100 * 0.02 / math.sqrt(2) / 1.01)
+    assert ablations.relative_change({3: 1.1}, {0: 1.0, 1: 1.02}) == (None, None)
 
 
 def test_a_tiny_run_writes_the_table_and_the_plot_with_changes_from_the_logs(char_dataset, tmp_path):
@@ -190,13 +194,15 @@ def test_a_tiny_run_writes_the_table_and_the_plot_with_changes_from_the_logs(cha
     assert list(rows) == ["angpt", "angpt_no_lerp", "gpt_qk_f2"]
     assert (out / "ablations.png").read_bytes().startswith(PNG_SIGNATURE)
 
-    def mean_final(row):
-        finals = [[r["val_loss"] for r in train.read_log(out / "runs" / f"{row}-s{seed}" / "log.jsonl")
-                   if "val_loss" in r][-1] for seed in (0, 1)]
-        return sum(finals) / 2
+    def final(row, seed):
+        return [r["val_loss"] for r in train.read_log(out / "runs" / f"{row}-s{seed}" / "log.jsonl")
+                if "val_loss" in r][-1]
+
+    mean_final = lambda row: (final(row, 0) + final(row, 1)) / 2
 
     for row in ("angpt_no_lerp", "gpt_qk_f2"):
-        assert rows[row]["change"] == pytest.approx(100 * (mean_final(row) / mean_final("angpt") - 1))
+        changes = [100 * (final(row, seed) / final("angpt", seed) - 1) for seed in (0, 1)]
+        assert rows[row]["change"] == pytest.approx(sum(changes) / 2)
     md = (out / "results.md").read_text()
     assert f"| no LERP (h + h_block) | `--lerp false` | 2 | {mean_final('angpt_no_lerp'):.4f} (" in md
     assert f"{rows['angpt_no_lerp']['change']:+.2f}% +- " in md and "| +1.89% |" in md
