@@ -14,7 +14,7 @@ the full models and the warmup and dtype rows get --seeds seeds (default 3); the
 
 Writes into --out_dir (default ablations_out/): results.md (per table: the final val loss, its change relative to
 the full model at the same seed with its standard error, "diverged" where a run diverged, beside the paper's
-change), ablations.png (the change here against the paper's), results.json and runs/<row>-s<seed>/, the runs. A
+change), ablations.png (the change here beside the paper's, per row), results.json and runs/<row>-s<seed>/, the runs. A
 run that train.py stopped on a non-finite loss gets a diverged.txt, so that the same command again reuses it too.
 """
 
@@ -197,35 +197,34 @@ def markdown(tables, speedups):
 
 
 def plot(tables, path, title):
-    """The change here against the paper's, one panel per paper; diverged rows at the top edge."""
+    """One panel per paper: for each row, the change here (with its standard error) beside the paper's, on a scale
+    linear within 1% and logarithmic beyond; a diverged run or a paper's NaN is drawn at the right edge."""
     plt = compare.pyplot()
     shown = [t for t in ("angpt", "ngpt") if t in tables]
     if not shown:
         return
-    fig, axes = plt.subplots(1, len(shown), figsize=(8 * len(shown), 7), squeeze=False)
-    for ax, table in zip(axes[0], shown):
-        rows = [r for r in tables[table][1:] if r["paper"] is not None]
-        finite = [r for r in rows if r["change"] is not None]
-        top = max([abs(r["change"]) for r in finite] + [abs(r["paper"]) for r in rows if r["paper"] != "NaN"] + [1])
-        edge = top * 2
-        for r in rows:
-            x = edge if r["paper"] == "NaN" else r["paper"]
-            y = edge if r["change"] is None else r["change"]
-            ax.errorbar(x, y, yerr=r["change_error"] if r["change"] is not None else None, fmt="o",
-                        color="#d62728" if r["diverged"] else "#1f77b4", capsize=3)
-            ax.annotate(r["label"], (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7)
+    heights = [len(tables[t]) - 1 for t in shown]
+    fig, axes = plt.subplots(len(shown), 1, figsize=(11, 1.5 + 0.32 * sum(heights)), squeeze=False,
+                             gridspec_kw=dict(height_ratios=heights))
+    for ax, table in zip(axes[:, 0], shown):
+        rows = tables[table][1:]
+        finite = [abs(v) for r in rows for v in (r["change"], r["paper"]) if isinstance(v, (int, float))]
+        edge = 2 * max(finite + [1])
+        y = np.arange(len(rows))
+        here = [edge if r["change"] is None else r["change"] for r in rows]
+        paper = [edge if r["paper"] == "NaN" else 0 if r["paper"] is None else r["paper"] for r in rows]
+        errors = [r["change_error"] or 0 for r in rows]
+        ax.barh(y - 0.2, here, height=0.4, xerr=errors, capsize=2, color="#1f77b4", label="here")
+        ax.barh(y + 0.2, paper, height=0.4, color="#ff7f0e", label="paper (NaN at the edge)")
+        ax.set_yticks(y, [r["label"] + (" (diverged)" if r["diverged"] else "") for r in rows], fontsize=8)
+        ax.invert_yaxis()
         ax.set_xscale("symlog", linthresh=1)
-        ax.set_yscale("symlog", linthresh=1)
-        lim = (-edge * 1.3, edge * 1.3)
-        ax.plot(lim, lim, color="gray", lw=0.8, ls="--")
-        ax.axhline(0, color="gray", lw=0.5)
-        ax.axvline(0, color="gray", lw=0.5)
-        ax.set_xlim(lim)
-        ax.set_ylim(lim)
-        ax.set_xlabel("paper: change of the val loss, % (NaN at the right edge)")
-        ax.set_ylabel("here: change of the final val loss, % (diverged at the top edge)")
+        ax.set_xlim(-edge, edge * 1.1)
+        ax.axvline(0, color="gray", lw=0.8)
+        ax.set_xlabel(f"change of the final val loss against {tables[table][0]['label']}, %")
         ax.set_title(TITLES[table])
-        ax.grid(alpha=0.3)
+        ax.grid(axis="x", alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
