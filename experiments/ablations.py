@@ -108,7 +108,8 @@ def relative_change(finals, full_finals):
     """(change of the final val loss in % of the full model's, its standard error in %), from {seed: final val
     loss}. A seed starts both runs from the same draw and feeds them the same batches, so the change is taken seed
     by seed and averaged: most of the seed-to-seed spread, which both runs share, cancels. A row of one seed is given
-    the full model's seed-to-seed spread, for want of its own; None for the error when neither has two seeds."""
+    the full model's seed-to-seed spread, for want of its own (None if the full model has one seed too); (None,
+    None) when the two share no seed."""
     seeds = sorted(set(finals) & set(full_finals))
     if not seeds:
         return None, None
@@ -129,13 +130,13 @@ def summarize_table(table, rows, points):
         name, what, key, options, paper = row[:5]
         reference = f"{key}_float32" if table == "dtype" else rows[0][0]
         full, finite = finals(reference), finals(name)
+        losses = list(finite.values())
         diverged = [p["diverged"] for p in points[name] if p["diverged"] is not None]
         change, error = relative_change(finite, full)
         out.append(dict(name=name, label=what, model=key, options=options, paper=paper, reference=reference,
                         iters=row[5] if len(row) > 5 else 1, full_model=rows[0][2],
-                        seeds=[p["seed"] for p in points[name]], final_val_loss=list(finite.values()),
-                        final_val_loss_mean=float(np.mean(list(finite.values()))) if finite else None,
-                        diverged=diverged,
+                        seeds=[p["seed"] for p in points[name]], final_val_loss=losses,
+                        final_val_loss_mean=float(np.mean(losses)) if losses else None, diverged=diverged,
                         change=change, change_error=error))
     return out
 
@@ -170,8 +171,9 @@ def markdown(tables, speedups):
             loss = f"{r['final_val_loss_mean']:.4f} ({losses})" if len(r["final_val_loss"]) > 1 else losses
             loss += f", {len(r['diverged'])} diverged" if r["diverged"] and r["final_val_loss"] else ""
             loss = loss or "diverged"
+            error = "" if r["change_error"] is None else f" +- {r['change_error']:.2f}"
             change = ("-" if r["change"] is None else "0" if r["name"] == r["reference"] else
-                      f"{r['change']:+.2f}%" + (f" +- {r['change_error']:.2f}" if r["change_error"] is not None else ""))
+                      f"{r['change']:+.2f}%{error}")
             switch = "`" + shlex.join(r["options"]) + "`" if r["options"] else ""
             if r["model"] != r["full_model"] and table != "dtype":
                 switch = f"{compare.label(r['model'])} {switch}".strip()
