@@ -215,6 +215,8 @@ class Block(nn.Module):
         self.mlp = MLP(config)
         self.lerp, self.residual_factor, self.factor_mult = (config.lerp, config.residual_factor,
                                                              config.residual_factor_mult)
+        # "no LERP" read with a residual factor too: E||h + h_block||^2 = 2 for independent unit vectors (App. E)
+        self.sum_factor = 1 / math.sqrt(2) if config.no_lerp_nu else 1.0
         if self.lerp:  # the interpolation weights alpha_a and alpha_m: per-channel step sizes toward the block outputs
             self.alpha_attn = Scale(config.n_embd, config.alpha_init, config.s_scale)
             self.alpha_mlp = Scale(config.n_embd, config.alpha_init, config.s_scale)
@@ -223,7 +225,7 @@ class Block(nn.Module):
 
     def residual(self, h, h_block, alpha):
         if not self.lerp:  # Table L.1, "no LERP": the plain residual sum, without alpha and nu(alpha)
-            return h + h_block
+            return (h + h_block) * self.sum_factor
         # abs() keeps alpha positive, as nGPT's
         return step_near_sphere(h, h_block, alpha().abs(), self.residual_factor, self.factor_mult)
 
@@ -250,6 +252,7 @@ class Config:
     s_scale: float = 0.01      # the s_scale of alpha and s_z (sec. 5; nGPT's is 1/sqrt(n_embd))
     # the ablations of Table L.1, each off the full model by one switch (experiments/ablations.py runs them)
     lerp: bool = True          # false: "no LERP", each residual step is the plain sum h + h_block
+    no_lerp_nu: bool = False   # with lerp false: (h + h_block) / sqrt(2), the sum's own norm factor
     residual_factor: bool = True  # false: "no residual norm factor", the step is the plain interpolation
     const_factors: bool = True  # false: "no const. norm factors", nu_uz = 1
     const_factor_mult: float = 1.0     # "const. norm factor x0.5, x2.0": nu_uz times this

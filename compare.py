@@ -28,6 +28,7 @@ experiments/, which answer the other questions (sweeps, context length, length e
 import argparse
 import json
 import shlex
+import shutil
 import sys
 from pathlib import Path
 
@@ -60,6 +61,8 @@ COLORS = {"gpt": "#333333", "gpt_qk": "#1f77b4", "gpt_qk_f2": "#ff7f0e", "gpt_qk
 PAPER_BASELINES = {"gpt": "gpt", "gpt_qk": "gpt", "gpt_qk_f2": "gpt", "gpt_qk_rms": "gpt", "ngpt": "gpt",
                    "angpt": "gpt_qk_f2", "gpt_no_wd": "gpt", "gpt_const_lr": "gpt",
                    "gpt_no_wd_const_lr": "gpt"}
+# a baseline that was not trained gives way to the same model in another recipe, else to GPT
+BASELINE_STAND_INS = {"gpt_qk_f2": "gpt_qk"}
 BASELINE_KEYS = ("gpt", "gpt_qk", "gpt_qk_f2", "gpt_qk_rms")  # every model's steps to each baseline's final loss
 EVALS_PER_RUN = 20  # unless --eval_interval is given: steps to target interpolate between close points
 # train.py options that these scripts set for every run, with what to use instead
@@ -182,23 +185,53 @@ def run_argv(key, seed, folder, rest, iters=None):
     return argv
 
 
-def check_same_settings(folder, s):
-    """A run in `folder` is reused or resumed only if it was started with the same settings `s`."""
-    saved = json.loads((folder / "config.json").read_text())
-    # an option newer than the run has its default value there
+def settings_differ(saved, s):
+    """The settings of `s` that a run's saved config.json does not share (the system's aside): an option newer
+    than the run counts with its default value there."""
     defaults = dict(train.DEFAULTS, **{k: by_model[saved["model"]] for k, by_model in train.model_options().items()
                                        if saved["model"] in by_model})
-    differ = [k for k, v in s.items() if k not in train.SYSTEM_KEYS and saved.get(k, defaults.get(k)) != v]
+    return [k for k, v in s.items() if k not in train.SYSTEM_KEYS and saved.get(k, defaults.get(k)) != v]
+
+
+def check_same_settings(folder, s):
+    """A run in `folder` is reused or resumed only if it was started with the same settings `s`."""
+    differ = settings_differ(json.loads((folder / "config.json").read_text()), s)
     if differ:
         raise ConfigError(f"{folder} holds a run with other settings ({', '.join(differ)}); "
                           f"delete it or use another --out_dir")
 
 
-def train_run(argv, title):
-    """Train one run, or reuse it if its folder already holds it complete; resume it if it was interrupted.
-    Returns train.main's last evaluation."""
+def reusable_runs(paths):
+    """[(folder, its config)] of every train.py run in `paths` (run folders, or folders of them): --reuse."""
+    return [(folder, json.loads((folder / "config.json").read_text())) for folder in run_folders(paths, "config.json")]
+
+
+def copy_finished_run(folder, s, reusable):
+    """Copy into `folder`, if it holds no run yet, a finished run of `reusable` trained with the settings `s`:
+    complete, or stopped as diverged (a diverged.txt). Returns the folder copied from, or None."""
+    if (folder / "config.json").exists():
+        return None
+    for other, saved in reusable:
+        if saved.get("model") != s["model"] or settings_differ(saved, s):
+            continue
+        complete = any(r["iter"] == s["max_iters"] and "val_loss" in r for r in train.read_log(other / "log.jsonl"))
+        if complete or (other / "diverged.txt").exists():
+            folder.mkdir(parents=True, exist_ok=True)
+            for name in ("config.json", "log.jsonl", "diverged.txt"):
+                if (other / name).exists():
+                    shutil.copyfile(other / name, folder / name)
+            return other
+    return None
+
+
+def train_run(argv, title, reusable=()):
+    """Train one run, or reuse it if its folder already holds it complete, or if `reusable` has it (copied in);
+    resume it if it was interrupted. Returns train.main's last evaluation."""
     s = train.resolve_settings(argv)[0]
     folder = Path(s["out_dir"])
+    source = copy_finished_run(folder, s, reusable)
+    if source:
+        print(f"=== {title}: {source} has the same settings; copied into {folder}")
     if (folder / "config.json").exists():
         check_same_settings(folder, s)
         done = [r for r in train.read_log(folder / "log.jsonl") if "val_loss" in r and r["iter"] == s["max_iters"]]
@@ -214,12 +247,12 @@ def train_run(argv, title):
     return final
 
 
-def train_runs(keys, seeds, out_dir, rest, iters=None):
+def train_runs(keys, seeds, out_dir, rest, iters=None, reusable=()):
     """Train (or reuse) runs/<key>-s<seed> of every model and seed in out_dir, interleaved, and read them back."""
     argvs = {(key, seed): run_argv(key, seed, out_dir / "runs" / f"{key}-s{seed}", rest, iters)
              for seed in range(seeds) for key in keys}
     for n, ((key, seed), argv) in enumerate(argvs.items(), 1):
-        train_run(argv, f"[{n}/{len(argvs)}] {label(key)} seed {seed}")
+        train_run(argv, f"[{n}/{len(argvs)}] {label(key)} seed {seed}", reusable)
     return [read_run(out_dir / "runs" / f"{key}-s{seed}") for key, seed in argvs]
 
 
@@ -245,7 +278,9 @@ def summarize(runs, baseline_arg=None, target_loss=None):
                            tokens_per_s=float(np.mean(tps)) if tps else None)
     for key, m in models.items():
         base = baseline_arg or PAPER_BASELINES.get(key, "gpt")
-        if base not in models:  # e.g. anGPT without GPT+QK-norm: fall back to GPT, or the first model
+        while base not in models and base in BASELINE_STAND_INS:
+            base = BASELINE_STAND_INS[base]
+        if base not in models:  # e.g. anGPT without any GPT+QK-norm: fall back to GPT, or the first model
             base = "gpt" if "gpt" in models else keys[0]
         b = models[base]
         if target_loss is None:
@@ -423,6 +458,9 @@ def script_parser(prog, doc, out_dir):
     p.add_argument("--seeds", type=int, default=3, help="seeds per model, 0..N-1 (default: 3)")
     p.add_argument("--iters", type=int, help="optimizer steps per run (default: the preset's)")
     p.add_argument("--out_dir", default=out_dir, help=f"default: {out_dir}")
+    p.add_argument("--reuse", nargs="+", default=[], metavar="FOLDER",
+                   help="finished runs in these folders (or their subfolders) that have a run's settings are copied "
+                        "in instead of trained")
     return p
 
 
@@ -442,7 +480,8 @@ def main(argv=None):
         runs = [read_run(f) for f in run_folders(args.runs)]
         runs = [r for r in runs if not args.models or r["key"] in args.models.split(",")]
     else:
-        runs = train_runs(choose_models(args.models, COMPARED), args.seeds, out_dir, rest, args.iters)
+        runs = train_runs(choose_models(args.models, COMPARED), args.seeds, out_dir, rest, args.iters,
+                          reusable_runs(args.reuse))
     if not runs:
         raise ConfigError("no runs to compare")
     if args.baseline and args.baseline not in {r["key"] for r in runs}:

@@ -45,6 +45,7 @@ ANGPT = [  # anGPT paper, Table L.1 (0.5B parameters, 10B tokens), and sec. 4.2 
     ("angpt_no_residual", "no residual norm factor nu(alpha)", "angpt", ["--residual_factor", "false"], 3.04),
     ("angpt_no_factors", "no norm factors", "angpt", ["--const_factors", "false", "--residual_factor", "false"], 3.02),
     ("angpt_no_lerp", "no LERP (h + h_block)", "angpt", ["--lerp", "false"], 1.89),
+    ("angpt_no_lerp_nu", "no LERP, (h + h_block)/sqrt(2)", "angpt", ["--lerp", "false", "--no_lerp_nu", "true"], 1.89),
     ("angpt_half_budget", "half token budget", "angpt", [], 4.42, 0.5),
     ("angpt_double_budget", "double token budget", "angpt", [], -2.78, 2),
     ("gpt_qk_f2", "GPT+ for comparison (Table F.2's recipe)", "gpt_qk_f2", [], 1.46),
@@ -270,8 +271,9 @@ def main(argv=None):
                     argvs[(name, seed)] = compare.run_argv(key, seed, out_dir / "runs" / f"{name}-s{seed}",
                                                            [*rest, *options], steps)
     points = {row[0]: [] for rows in selected.values() for row in rows}
+    reusable = compare.reusable_runs(args.reuse)
     for n, ((name, seed), run) in enumerate(argvs.items(), 1):
-        points[name].append(sweep.sweep_point(run, f"[{n}/{len(argvs)}] {name} seed {seed}"))
+        points[name].append(sweep.sweep_point(run, f"[{n}/{len(argvs)}] {name} seed {seed}", reusable))
 
     tables = {table: summarize_table(table, rows, points) for table, rows in selected.items()}
     speedups = dtype_speedups(points) if "dtype" in chosen else None
