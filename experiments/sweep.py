@@ -557,12 +557,15 @@ def main(argv=None):
     if picked:  # the probes that were not picked are results too
         runs += [(key, value, r) for key in keys for value in values for lr, r in probes[key][value].items()
                  if lr != picked[key][value]]
+    shown = lambda name: name != option and not isinstance(settings.get(name), dict)  # the same in every run
     length = (f"{budget['tokens']:,} tokens per run (max_iters x {option} fixed)" if budget else
-              f"{settings['max_iters']} steps" if not isinstance(settings.get("max_iters"), dict) else "steps per run vary")
-    tuned = ", each point's LR tuned" if args.tune_lr else ""
-    title = (f"Against {option}. {settings['preset']} preset: {settings['dataset']}, "
-             f"{settings.get('n_layer', 'n_layer swept')} layers, width {settings['n_embd']}, {length}, "
-             f"{args.seeds} seed{'s' * (args.seeds > 1)}{tuned}")
+              f"{settings['max_iters']} steps" if shown("max_iters") else "")
+    title = ", ".join(part for part in (
+        f"Against {option}. {settings['preset']} preset: {settings['dataset']}",
+        f"{settings['n_layer']} layers" if shown("n_layer") else "", f"width {settings['n_embd']}" if shown("n_embd")
+        else "", f"{args.tokens_per_step} tokens per step" if option == "block_size" else "", length,
+        f"{args.seeds} seed{'s' * (args.seeds > 1)}", "each point's LR tuned" if args.tune_lr else "")
+        if part)
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     plot(option, models, by_value, x_of, out_dir / "sweep.png", args.log_x, title)

@@ -1,5 +1,6 @@
 """experiments/sweep.py: one run per model, value and seed of any train.py option; what counts as diverged, batch sizes
-at a fixed token budget, and values relative to each model's own."""
+at a fixed token budget, values relative to each model's own, and trends: every point's LR tuned, the speedups per
+value, contexts at a fixed number of tokens per step, training lengths, and runs reused from another folder."""
 
 import json
 import math
@@ -7,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+import compare
 from conftest import TINY, run_script
 from experiments import sweep
 import train
@@ -107,3 +109,133 @@ def test_a_sweep_without_values_gets_one_error_line_before_any_training(tmp_path
     assert result.stderr.startswith("experiments.sweep: error: --sweep learning_rate: expected OPTION=V1,V2")
     assert not any(tmp_path.iterdir())
     assert not any(tmp_path.iterdir())
+
+
+# -----------------------------------------------------------------------------
+# Trends: every point tuned, and the speedups per value
+
+def test_the_lr_pick_is_the_lowest_final_loss_and_widens_the_grid_at_its_edge():
+    point = lambda loss, diverged=None: dict(final_val_loss=loss, diverged=diverged)
+    assert sweep.pick_lr({1e-3: point(1.6), 2e-3: point(1.5), 4e-3: point(1.7)}) == (2e-3, None)
+    assert sweep.pick_lr({1e-3: point(1.4), 2e-3: point(1.5), 4e-3: point(1.7)}) == (1e-3, 5e-4)
+    assert sweep.pick_lr({1e-3: point(1.6), 2e-3: point(1.5), 4e-3: point(1.4)}) == (4e-3, 8e-3)
+    # a diverged run is the worst, whatever loss it ended at; if all diverged there is nothing to widen toward
+    assert sweep.pick_lr({1e-3: point(1.6), 2e-3: point(1.5), 4e-3: point(1.0, "nan")}) == (2e-3, None)
+    assert sweep.pick_lr({1e-3: point(None, "nan"), 2e-3: point(None, "nan")})[1] is None
+
+
+def curves_of(run_dir):
+    evals = [r for r in train.read_log(Path(run_dir) / "log.jsonl") if "val_loss" in r]
+    return [r["iter"] for r in evals], [r["val_loss"] for r in evals]
+
+
+@pytest.fixture(scope="module")
+def depth_trend(char_dataset, tmp_path_factory):
+    """GPT and nGPT at 1 and 2 layers, every point's LR tuned, two seeds."""
+    data_dir, name = char_dataset
+    out = tmp_path_factory.mktemp("depth_trend")
+    argv = ["--sweep", "n_layer=1,2", "--tune_lr", "--models", "gpt,ngpt", "--seeds", "2", "--iters", "6",
+            "--eval_interval", "2", "--out_dir", str(out), *TINY[2:], "--data_dir", data_dir, "--dataset", name]
+    return argv, out, sweep.main(argv)
+
+
+def test_a_tuned_trend_tries_each_models_lr_grid_at_seed_0_and_trains_seed_1_at_the_pick(depth_trend):
+    _, out, results = depth_trend
+    runs = {(r["key"], r["value"], r["seed"], r["config"]["learning_rate"]): r
+            for r in (dict(r, config=json.loads((Path(r["dir"]) / "config.json").read_text()))
+                      for r in results["runs"])}
+    for key in ("gpt", "ngpt"):
+        recipe = train.MODELS[key].RECIPE["learning_rate"]
+        for value in ("1", "2"):
+            tried = {lr: r["final_val_loss"] for (k, v, seed, lr), r in runs.items() if (k, v, seed) == (key, value, 0)}
+            grid = {recipe / 2, recipe, recipe * 2}
+            best_of_grid = min(grid, key=tried.get)
+            beyond = {recipe / 4} if best_of_grid == recipe / 2 else {recipe * 4} if best_of_grid == recipe * 2 else set()
+            assert set(tried) == grid | beyond
+            picked = results["picked_lr"][key][value]
+            assert picked == min(tried, key=tried.get)
+            assert [lr for (k, v, seed, lr) in runs if (k, v, seed) == (key, value, 1)] == [picked]
+            assert results["models"][key]["points"][value]["seeds"] == [0, 1]
+    table = (out / "results.md").read_text()
+    assert "## Peak learning rates" in table and f"**{results['picked_lr']['ngpt']['2']:.3g}: " in table
+
+
+def test_a_trends_speedups_are_recomputed_from_the_logged_curves_of_the_picked_runs(depth_trend):
+    _, out, results = depth_trend
+    for value in ("1", "2"):
+        mean = {}
+        for key in ("gpt", "ngpt"):
+            dirs = [r["dir"] for r in results["runs"] if r["key"] == key and r["value"] == value
+                    and r["dir"].endswith(f"-lr{results['picked_lr'][key][value]:g}-s{r['seed']}")]
+            curves = [curves_of(d) for d in dirs]
+            assert len(curves) == 2
+            mean[key] = (curves[0][0], [sum(losses) / 2 for losses in zip(*(c[1] for c in curves))])
+        target = mean["gpt"][1][-1]
+        steps = compare.steps_to_reach(*mean["ngpt"], target)
+        ngpt = results["speedups"][value]["ngpt"]
+        assert ngpt["baseline"] == "gpt" and ngpt["target_loss"] == pytest.approx(target)
+        assert ngpt["steps_to_target"] == pytest.approx(steps)
+        assert ngpt["speedup"] == pytest.approx(compare.speedup(6, steps))
+    assert (out / "sweep.png").read_bytes().startswith(PNG_SIGNATURE)
+    assert "| model (baseline) | n_layer 1 | n_layer 2 |" in (out / "results.md").read_text()
+
+
+def test_reuse_copies_the_finished_runs_of_another_folder_instead_of_training(depth_trend, tmp_path, capsys):
+    argv, first_out, first = depth_trend
+    capsys.readouterr()
+    argv = [*argv[:argv.index("--out_dir")], "--out_dir", str(tmp_path), *argv[argv.index("--out_dir") + 2:]]
+    second = sweep.main([*argv, "--reuse", str(first_out / "sweep")])
+    out = capsys.readouterr().out
+    assert "python train.py" not in out and out.count("has the same settings; copied into") == len(first["runs"])
+    assert second["picked_lr"] == first["picked_lr"]
+    assert second["speedups"] == first["speedups"]
+
+
+def test_a_context_trend_keeps_the_tokens_per_step(char_dataset, tmp_path):
+    data_dir, name = char_dataset
+    small = ["--n_layer", "1", "--n_head", "2", "--n_embd", "32", "--eval_iters", "2", "--device", "cpu",
+             "--dtype", "float32", "--data_dir", data_dir, "--dataset", name]
+    results = sweep.main(["--sweep", "block_size=16,32", "--tokens_per_step", "64", "--seeds", "1", "--models",
+                          "gpt,ngpt", "--iters", "12", "--eval_interval", "4", *small, "--out_dir", str(tmp_path)])
+    table = (tmp_path / "results.md").read_text()
+    assert "| context 16 (batch 4) | context 32 (batch 2) |" in table and "\n| nGPT (GPT) | " in table
+    for r in results["runs"]:
+        records = train.read_log(Path(r["dir"]) / "log.jsonl")
+        assert {x["tokens"] / (x["iter"] + 1) for x in records if "loss" in x} == {64.0}
+
+
+def test_a_length_trend_trains_each_length_and_counts_its_tokens_per_parameter(char_dataset, tmp_path):
+    data_dir, name = char_dataset
+    results = sweep.main(["--sweep", "max_iters=4,8", "--seeds", "1", "--models", "gpt,ngpt", "--out_dir",
+                          str(tmp_path), *FEW, "--data_dir", data_dir, "--dataset", name])
+    configs = [json.loads((Path(r["dir"]) / "config.json").read_text()) for r in results["runs"]]
+    assert sorted(c["max_iters"] for c in configs) == [4, 4, 8, 8]
+    gpt_at_8 = next(c for c in configs if c["model"] == "gpt" and c["max_iters"] == 8)
+    per_parameter = 8 * gpt_at_8["tokens_per_iter"] / gpt_at_8["num_params"]
+    assert f"| 8 steps ({per_parameter:.2g} tokens/param) |" in (tmp_path / "results.md").read_text()
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--sweep", "max_iters=0,10"], "--sweep max_iters: the values must be positive integers, got 0,10"),
+    (["--sweep", "max_iters=10", "--iters", "5"], "--sweep max_iters: the lengths are the values; leave out --iters"),
+    (["--sweep", "learning_rate=1e-3,2e-3", "--tune_lr"], "--tune_lr tunes the learning rate at each value of another"),
+    (["--sweep", "block_size=16,48", "--tokens_per_step", "64"], "expected context lengths that divide --tokens_per_step 64"),
+    (["--sweep", "block_size=16,32", "--batch_size", "4"], "--batch_size is set by --sweep block_size"),
+    (["--sweep", "n_layer=1,2", "--tokens_per_step", "64"], "--tokens_per_step goes with --sweep block_size"),
+    (["--sweep", "n_layers=1,2"], "--sweep n_layers: not an option of train.py"),
+])
+def test_a_bad_trend_gets_one_error_line_before_any_training(argv, expected, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        sweep.main([*argv, "--out_dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and expected in err and len(err.strip().splitlines()) == 1
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_bad_value_or_reuse_folder_gets_one_error_line(tmp_path):
+    for argv, expected in ((["--sweep", "n_layer=0,2"], "experiments.sweep: error: --n_layer must be at least 1, got 0"),
+                           (["--sweep", "n_layer=2", "--reuse", str(tmp_path / "none")], "no config.json in it")):
+        result = run_script("-m", "experiments.sweep", *argv, "--out_dir", str(tmp_path / "out"))
+        assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+        assert expected in result.stderr
+    assert not (tmp_path / "out").exists()
