@@ -12,7 +12,8 @@ Values written xK are K times each model's own: its recipe's learning rate, tune
 $ python -m experiments.sweep --sweep learning_rate=x0.25,x0.5,x1,x2,x4 --seeds 1 --out_dir sweep_out/lr_tuning
 
 A trend with every point tuned: with --tune_lr each model's peak LR at each value is the best of 0.5, 1 and 2 times
-its recipe's at seed 0 (a step further where the best is at the edge), and the other seeds train at that LR.
+its recipe's at seed 0 (a step further where the best is at the edge), and the other seeds train at that LR;
+--lr_grid VALUE=0.5,1 tries fewer at one costly value (x2 then only if x1 is the best of the two).
 --reuse copies in the finished runs of earlier commands that have a run's settings, instead of training them:
 $ python -m experiments.sweep --sweep n_layer=2,4,8,16 --tune_lr --seeds 2 --models gpt,gpt_qk_f2,ngpt,angpt \
     --reuse results/cpu/runs results/lr_gpt_qk_f2/sweep --out_dir results/depth
@@ -165,8 +166,8 @@ def pick_lr(tried):
 
 
 def tuned_runs(keys, values, args, rest, reusable):
-    """--tune_lr: at each value, every model at seed 0 at LR_GRID times its recipe's peak LR, one step beyond the
-    grid where the best is at its edge, then the other seeds at the best. A value's runs come together, so that every
+    """--tune_lr: at each value, every model at seed 0 at LR_GRID (or --lr_grid's) times its recipe's peak LR, one
+    step beyond the grid where the best is at its edge, then the other seeds at the best. A value's runs come together, so that every
     finished value is a finished point. Returns ({key: {value: [seed 0's point at the pick, seed 1's, ...]}},
     {key: {value: {lr: seed 0's point}}}, {key: {value: the picked lr}})."""
     points = {key: {value: [] for value in values} for key in keys}
@@ -178,7 +179,7 @@ def tuned_runs(keys, values, args, rest, reusable):
         return sweep_point(point_argv(key, seed, value, lr, args, rest), title, reusable)
 
     for value in values:
-        for factor in LR_GRID:
+        for factor in args.lr_grids.get(value, LR_GRID):
             for key in keys:
                 recipe_lr = train.resolve_settings(point_argv(key, 0, value, None, args, rest))[0]["learning_rate"]
                 probes[key][value][factor * recipe_lr] = train_at(key, value, factor * recipe_lr, 0)
@@ -470,7 +471,9 @@ def markdown(option, models, extra, settings, diverged_runs, command):
         lines += ["## Peak learning rates", "", *lr_table(option, extra["probes"], extra["picked"]), "",
                   f"Each model's peak LR at each value, picked by the final val loss of seed 0 among "
                   f"{', '.join(f'{f:g}' for f in LR_GRID)} times its recipe's (one step further, halved or doubled, "
-                  f"where the best was at the edge); bold: the pick, at which the other seeds train.", ""]
+                  f"where the best was at the edge); bold: the pick, at which the other seeds train."
+                  + "".join(f" At {option} {value} the grid was {', '.join(f'{f:g}' for f in grid)}."
+                            for value, grid in extra["lr_grids"].items()), ""]
     if diverged_runs:
         lines += ["## Diverged runs", ""] + [f"- {compare.label(key)}, {option} {value}, seed {r['seed']}: "
                                              f"{r['diverged']} ({Path(r['dir']).name})"
@@ -503,6 +506,11 @@ def parse_sweep(p, args, rest):
         p.error(f"--sweep {option}: the values must be positive integers, got {','.join(values)}")
     if args.tune_lr and option in ("learning_rate", "min_lr"):
         p.error(f"--tune_lr tunes the learning rate at each value of another option; drop it to sweep {option}")
+    for text in args.lr_grid:
+        value, _, factors = text.rpartition("=")
+        if not args.tune_lr or value not in values or not all(is_number(f) and float(f) > 0 for f in factors.split(",")):
+            p.error(f"--lr_grid {text}: expected VALUE=F1,F2,... with VALUE one of --sweep's values, and --tune_lr")
+        args.lr_grids[value] = tuple(float(f) for f in factors.split(","))
     if args.tokens_per_step and option != "block_size":
         p.error("--tokens_per_step goes with --sweep block_size")
     if option == "block_size":
@@ -523,6 +531,8 @@ def main(argv=None):
     p.add_argument("--sweep", required=True, metavar="OPTION=V1,V2,...", help="the train.py option and its values")
     p.add_argument("--tune_lr", action="store_true",
                    help="at each value, pick each model's peak LR from 0.5, 1 and 2 times its recipe's at seed 0")
+    p.add_argument("--lr_grid", action="append", default=[], metavar="VALUE=F1,F2,...",
+                   help="with --tune_lr: the multiples of the recipe's LR tried at this value instead")
     p.add_argument("--tokens_per_step", type=int, help="--sweep block_size: tokens per step at every context "
                                                        "(default: the preset's)")
     p.add_argument("--baseline", help="one baseline for all models in the speedups (default: the papers')")
@@ -532,6 +542,7 @@ def main(argv=None):
     ref = train.resolve_settings(compare.run_argv(keys[0], 0, args.out_dir, rest, args.iters))[0]
     if args.sweep.removeprefix("--").startswith("block_size=") and not args.tokens_per_step:
         args.tokens_per_step = ref["batch_size"] * ref["gradient_accumulation_steps"] * ref["block_size"]
+    args.lr_grids = {}
     args.option, values = parse_sweep(p, args, rest)
     option = args.option
     if args.baseline and args.baseline not in keys:
@@ -571,13 +582,13 @@ def main(argv=None):
     plot(option, models, by_value, x_of, out_dir / "sweep.png", args.log_x, title)
     command = "python -m experiments.sweep " + shlex.join(argv)
     extra = dict(budget=budget, speedups=by_value, points=points, tokens_per_step=args.tokens_per_step,
-                 probes=probes, picked=picked)
+                 probes=probes, picked=picked, lr_grids=args.lr_grids)
     table = markdown(option, models, extra, settings, [run for run in runs if run[2]["diverged"]], command)
     (out_dir / "results.md").write_text(table)
     lr_text = lambda by_lr: {f"{lr:g}": v for lr, v in by_lr.items()}
     results = dict(command=command, option=option, values=values, token_budget=budget,
                    tokens_per_step=args.tokens_per_step, settings=settings, models=models, speedups=by_value,
-                   picked_lr=picked, lr_probes={key: {value: lr_text({lr: r['final_val_loss'] for lr, r in tried.items()})
+                   picked_lr=picked, lr_grids=args.lr_grids, lr_probes={key: {value: lr_text({lr: r['final_val_loss'] for lr, r in tried.items()})
                                                       for value, tried in by_value_.items()}
                                                 for key, by_value_ in probes.items()} if probes else None,
                    runs=[dict(key=key, value=value, **{k: v for k, v in r.items() if k != "config"})

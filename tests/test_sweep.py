@@ -131,10 +131,11 @@ def curves_of(run_dir):
 
 @pytest.fixture(scope="module")
 def depth_trend(char_dataset, tmp_path_factory):
-    """GPT and nGPT at 1 and 2 layers, every point's LR tuned, two seeds."""
+    """GPT and nGPT at 1 and 2 layers, every point's LR tuned (at 2 layers from x0.5 and x1 only), two seeds."""
     data_dir, name = char_dataset
     out = tmp_path_factory.mktemp("depth_trend")
-    argv = ["--sweep", "n_layer=1,2", "--tune_lr", "--models", "gpt,ngpt", "--seeds", "2", "--iters", "6",
+    argv = ["--sweep", "n_layer=1,2", "--tune_lr", "--lr_grid", "2=0.5,1", "--models", "gpt,ngpt", "--seeds", "2",
+            "--iters", "6",
             "--eval_interval", "2", "--out_dir", str(out), *TINY[2:], "--data_dir", data_dir, "--dataset", name]
     return argv, out, sweep.main(argv)
 
@@ -148,9 +149,10 @@ def test_a_tuned_trend_tries_each_models_lr_grid_at_seed_0_and_trains_seed_1_at_
         recipe = train.MODELS[key].RECIPE["learning_rate"]
         for value in ("1", "2"):
             tried = {lr: r["final_val_loss"] for (k, v, seed, lr), r in runs.items() if (k, v, seed) == (key, value, 0)}
-            grid = {recipe / 2, recipe, recipe * 2}
+            grid = {recipe / 2, recipe, recipe * 2} if value == "1" else {recipe / 2, recipe}
             best_of_grid = min(grid, key=tried.get)
-            beyond = {recipe / 4} if best_of_grid == recipe / 2 else {recipe * 4} if best_of_grid == recipe * 2 else set()
+            beyond = ({best_of_grid / 2} if best_of_grid == min(grid) else
+                      {best_of_grid * 2} if best_of_grid == max(grid) else set())
             assert set(tried) == grid | beyond
             picked = results["picked_lr"][key][value]
             assert picked == min(tried, key=tried.get)
@@ -223,6 +225,7 @@ def test_a_length_trend_trains_each_length_and_counts_its_tokens_per_parameter(c
     (["--sweep", "block_size=16,32", "--batch_size", "4"], "--batch_size is set by --sweep block_size"),
     (["--sweep", "n_layer=1,2", "--tokens_per_step", "64"], "--tokens_per_step goes with --sweep block_size"),
     (["--sweep", "n_layers=1,2"], "--sweep n_layers: not an option of train.py"),
+    (["--sweep", "n_layer=1,2", "--tune_lr", "--lr_grid", "3=0.5,1"], "--lr_grid 3=0.5,1: expected VALUE=F1,F2"),
 ])
 def test_a_bad_trend_gets_one_error_line_before_any_training(argv, expected, tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:
