@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+import prepare_data
 import train
 from train import ConfigError
 
@@ -193,17 +194,41 @@ def settings_differ(saved, s):
     return [k for k, v in s.items() if k not in train.SYSTEM_KEYS and saved.get(k, defaults.get(k)) != v]
 
 
+def other_data(saved, s):
+    """How the data a run was trained on (its config.json) differs from the data that `s` names now, or None: its
+    vocabulary size, and the hash of its validation tokens where the run recorded one. None too while the dataset
+    is not prepared, as nothing then can be compared."""
+    folder = Path(s["data_dir"]) / s["dataset"]
+    if not prepare_data.has_tokens(folder):
+        return None
+    now = dict(vocab_size=train.vocab_size_of(folder), tokens_hash=prepare_data.tokens_hash(folder))
+    differ = [f"{name} {saved[name]} there, {value} now" for name, value in now.items()
+              if saved.get(name) is not None and saved[name] != value]
+    return ", ".join(differ) or None
+
+
 def check_same_settings(folder, s):
-    """A run in `folder` is reused or resumed only if it was started with the same settings `s`."""
-    differ = settings_differ(json.loads((folder / "config.json").read_text()), s)
+    """A run in `folder` is reused or resumed only if it was started with the same settings `s`, on the same data."""
+    saved = json.loads((folder / "config.json").read_text())
+    differ = settings_differ(saved, s)
     if differ:
         raise ConfigError(f"{folder} holds a run with other settings ({', '.join(differ)}); "
                           f"delete it or use another --out_dir")
+    data = other_data(saved, s)
+    if data:
+        raise ConfigError(f"{folder} holds a run trained on other data than {Path(s['data_dir']) / s['dataset']} "
+                          f"({data}); delete it or use another --out_dir")
 
 
 def reusable_runs(paths):
-    """[(folder, its config)] of every train.py run in `paths` (run folders, or folders of them): --reuse."""
-    return [(folder, json.loads((folder / "config.json").read_text())) for folder in run_folders(paths, "config.json")]
+    """[(folder, its config)] of every train.py run in `paths` or below them: --reuse."""
+    found = []
+    for path in map(Path, paths):
+        folders = sorted(p.parent for p in path.rglob("config.json"))
+        if not folders:
+            raise ConfigError(f"--reuse {path}: no train.py run (config.json) in it or below it")
+        found += [(folder, json.loads((folder / "config.json").read_text())) for folder in folders]
+    return found
 
 
 def copy_finished_run(folder, s, reusable):
@@ -213,6 +238,10 @@ def copy_finished_run(folder, s, reusable):
         return None
     for other, saved in reusable:
         if saved.get("model") != s["model"] or settings_differ(saved, s):
+            continue
+        data = other_data(saved, s)
+        if data:
+            print(f"not reused: {other} has the same settings but was trained on other data ({data})")
             continue
         complete = any(r["iter"] == s["max_iters"] and "val_loss" in r for r in train.read_log(other / "log.jsonl"))
         if complete or (other / "diverged.txt").exists():

@@ -118,6 +118,15 @@ def read_tokens(folder, split):
     return TokenShards(sorted(folder.glob(f"*_{split}_*.bin")))
 
 
+def tokens_hash(folder, split="val"):
+    """A short hash of a split's token ids: what a run records of the data it was trained on, so that a run on other
+    data (another text under the same name) is not taken for one on this data."""
+    tokens, digest = read_tokens(folder, split), hashlib.sha256()
+    for start in range(0, len(tokens), 1 << 24):
+        digest.update(np.ascontiguousarray(tokens[start:start + (1 << 24)]).tobytes())
+    return digest.hexdigest()[:12]
+
+
 def has_tokens(folder):
     return all((Path(folder) / f"{split}.bin").exists() or any(Path(folder).glob(f"*_{split}_*.bin"))
                for split in ("train", "val"))

@@ -253,6 +253,12 @@ def token_windows(tokens, length, count, seed):
     return windows[:, :-1].contiguous(), windows[:, 1:].contiguous()
 
 
+def vocab_size_of(folder):
+    """Char-level data has its vocabulary in meta.pkl; GPT-2 BPE's 50257 ids are padded to 50304 (nanoGPT)."""
+    meta = prepare_data.read_meta(folder)
+    return meta["vocab_size"] if meta and meta.get("tokenizer", "char") == "char" else 50304
+
+
 class Data:
     """A prepared dataset (rank 0 prepares a known one on first use), its vocabulary size, and its batches."""
 
@@ -266,9 +272,7 @@ class Data:
             prepare_data.prepare(s["dataset"], data_dir=s["data_dir"])
         if ddp:
             dist.barrier()  # rank 0 may have prepared the data
-        # char-level data has its vocabulary in meta.pkl; GPT-2 BPE's 50257 ids are padded to 50304 (nanoGPT)
-        meta = prepare_data.read_meta(self.folder)
-        self.vocab_size = meta["vocab_size"] if meta and meta.get("tokenizer", "char") == "char" else 50304
+        self.vocab_size, self.tokens_hash = vocab_size_of(self.folder), prepare_data.tokens_hash(self.folder)
         for split in ("train", "val"):
             tokens = prepare_data.read_tokens(self.folder, split)
             if len(tokens) <= self.block_size:
@@ -531,7 +535,7 @@ def build_model(run, checkpoint):
 def start_output(run, resumed):
     """config.json, and a log that is new, or cut back to the checkpoint's step on resume."""
     run.out_dir.mkdir(parents=True, exist_ok=True)
-    settings = dict(run.s, vocab_size=run.data.vocab_size, world_size=run.world_size,
+    settings = dict(run.s, vocab_size=run.data.vocab_size, tokens_hash=run.data.tokens_hash, world_size=run.world_size,
                     tokens_per_iter=run.tokens_per_iter, num_params=run.raw_model.num_params(), torch=torch.__version__)
     (run.out_dir / "config.json").write_text(json.dumps(settings, indent=2) + "\n")
     log_path = run.out_dir / "log.jsonl"

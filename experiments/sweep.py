@@ -167,8 +167,8 @@ def pick_lr(tried):
 
 def tuned_runs(keys, values, args, rest, reusable):
     """--tune_lr: at each value, every model at seed 0 at LR_GRID (or --lr_grid's) times its recipe's peak LR, one
-    step beyond the grid where the best is at its edge, then the other seeds at the best. A value's runs come together, so that every
-    finished value is a finished point. Returns ({key: {value: [seed 0's point at the pick, seed 1's, ...]}},
+    step beyond the grid where the best is at its edge, then the other seeds at the best. A value's runs come
+    together, so that every finished value is a finished point. Returns ({key: {value: [seed 0's point at the pick, seed 1's, ...]}},
     {key: {value: {lr: seed 0's point}}}, {key: {value: the picked lr}})."""
     points = {key: {value: [] for value in values} for key in keys}
     probes = {key: {value: {} for value in values} for key in keys}
@@ -453,7 +453,8 @@ def markdown(option, models, extra, settings, diverged_runs, command):
     by_value, points, tokens_per_step = extra.get("speedups"), extra["points"], extra.get("tokens_per_step")
     if by_value:
         lines += ["## Speedup", "", *speedup_table(option, by_value, points, tokens_per_step), "",
-                  "Each cell: the final val loss; the steps to the baseline's final val loss at that value (mean curves "
+                  "Each cell: the final val loss; the steps to the baseline's final val loss at that value (mean "
+                  "curves "
                   "over seeds), and the speedup: the baseline's steps over the model's. The baselines are the papers': "
                   "nGPT against GPT, anGPT against GPT+ with its paper's recipe (Table F.2) where it was trained."]
         if option == "block_size":
@@ -508,7 +509,8 @@ def parse_sweep(p, args, rest):
         p.error(f"--tune_lr tunes the learning rate at each value of another option; drop it to sweep {option}")
     for text in args.lr_grid:
         value, _, factors = text.rpartition("=")
-        if not args.tune_lr or value not in values or not all(is_number(f) and float(f) > 0 for f in factors.split(",")):
+        positive = all(is_number(f) and float(f) > 0 for f in factors.split(","))
+        if not args.tune_lr or value not in values or not positive:
             p.error(f"--lr_grid {text}: expected VALUE=F1,F2,... with VALUE one of --sweep's values, and --tune_lr")
         args.lr_grids[value] = tuple(float(f) for f in factors.split(","))
     if args.tokens_per_step and option != "block_size":
@@ -585,12 +587,12 @@ def main(argv=None):
                  probes=probes, picked=picked, lr_grids=args.lr_grids)
     table = markdown(option, models, extra, settings, [run for run in runs if run[2]["diverged"]], command)
     (out_dir / "results.md").write_text(table)
-    lr_text = lambda by_lr: {f"{lr:g}": v for lr, v in by_lr.items()}
+    # every LR tried at seed 0 with its final loss, {key: {value: {lr: loss}}}
+    lr_probes = {key: {value: {f"{lr:g}": r["final_val_loss"] for lr, r in tried.items()}
+                       for value, tried in by_value_.items()} for key, by_value_ in probes.items()} if probes else None
     results = dict(command=command, option=option, values=values, token_budget=budget,
                    tokens_per_step=args.tokens_per_step, settings=settings, models=models, speedups=by_value,
-                   picked_lr=picked, lr_grids=args.lr_grids, lr_probes={key: {value: lr_text({lr: r['final_val_loss'] for lr, r in tried.items()})
-                                                      for value, tried in by_value_.items()}
-                                                for key, by_value_ in probes.items()} if probes else None,
+                   picked_lr=picked, lr_grids=args.lr_grids, lr_probes=lr_probes,
                    runs=[dict(key=key, value=value, **{k: v for k, v in r.items() if k != "config"})
                          for key, value, r in runs])
     (out_dir / "results.json").write_text(json.dumps(results, indent=1, allow_nan=False) + "\n")

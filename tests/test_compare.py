@@ -153,3 +153,25 @@ def test_an_option_that_compare_sets_itself_is_refused_before_any_training(tmp_p
     with pytest.raises(train.ConfigError, match="--seed is set for every run; use --seeds"):
         compare.main(["--seed", "3", "--out_dir", str(tmp_path)])
     assert not any(tmp_path.iterdir())
+
+
+def test_a_run_trained_on_other_data_is_not_reused_and_one_line_says_why(tiny_shakespeare, tmp_path, capsys):
+    import prepare_data
+
+    data_dir, text = tmp_path / "data", tmp_path / "text.txt"
+    text.write_text(tiny_shakespeare[:40_000])
+    prepare_data.prepare_file(text, name="text", data_dir=data_dir)
+    argv = ["--iters", "4", "--seeds", "1", "--models", "gpt", *TINY, "--n_layer", "1", "--data_dir", str(data_dir),
+            "--dataset", "text"]
+    compare.main([*argv, "--out_dir", str(tmp_path / "first")])
+    assert json.loads((tmp_path / "first" / "runs" / "gpt-s0" / "config.json").read_text())["tokens_hash"] == \
+        prepare_data.tokens_hash(data_dir / "text")
+    text.write_text(tiny_shakespeare[40_000:80_000])  # another text under the same name
+    prepare_data.prepare_file(text, name="text", data_dir=data_dir, force=True)
+    with pytest.raises(train.ConfigError, match=r"runs/gpt-s0 holds a run trained on other data than .*text \(.*"
+                                                r"tokens_hash \w+ there, \w+ now\); delete it or use another --out_dir"):
+        compare.main([*argv, "--out_dir", str(tmp_path / "first")])
+    capsys.readouterr()
+    compare.main([*argv, "--out_dir", str(tmp_path / "second"), "--reuse", str(tmp_path / "first")])
+    out = capsys.readouterr().out
+    assert "not reused: " in out and "was trained on other data" in out and "python train.py" in out

@@ -237,7 +237,7 @@ def test_a_bad_trend_gets_one_error_line_before_any_training(argv, expected, tmp
 
 def test_a_bad_value_or_reuse_folder_gets_one_error_line(tmp_path):
     for argv, expected in ((["--sweep", "n_layer=0,2"], "experiments.sweep: error: --n_layer must be at least 1, got 0"),
-                           (["--sweep", "n_layer=2", "--reuse", str(tmp_path / "none")], "no config.json in it")):
+                           (["--sweep", "n_layer=2", "--reuse", str(tmp_path / "none")], "no train.py run (config.json) in it")):
         result = run_script("-m", "experiments.sweep", *argv, "--out_dir", str(tmp_path / "out"))
         assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
         assert expected in result.stderr
