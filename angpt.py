@@ -149,10 +149,6 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
         # g: the learned gain of the attention logits, the same as GPT+'s (Table 1)
         self.g = QKGain(config)
-        # for train.py's attention metrics only, inert in training: a multiplier on the attention logits (the
-        # temperature-saturation probe of Merrill et al. 2021) and, when set to a list, a record of the logits
-        self.logit_mult = 1.0
-        self.record_logits = None
 
     def forward(self, x, tables):
         B, T, C = x.size()
@@ -165,10 +161,7 @@ class CausalSelfAttention(nn.Module):
         # k <- norm(k), q <- norm(q), per head, after the positional transform; A <- softmax(q k^T g), so the logits
         # are g times a cosine. g is applied to q
         q, k = self.g() * norm(q), norm(k)
-        scale = self.logit_mult
-        if self.record_logits is not None:
-            self.record_logits.append(scale * (q.float() @ k.float().transpose(-2, -1)))  # (B, nh, T, T), unmasked
-        y = F.scaled_dot_product_attention(q.type_as(v), k.type_as(v), v, is_causal=True, scale=scale)
+        y = F.scaled_dot_product_attention(q.type_as(v), k.type_as(v), v, is_causal=True, scale=1.0)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble all head outputs side by side
         return self.c_proj(y)  # h_a <- W_p (A v) nu_p; nu_p = 1 (App. E), and any constant cancels in norm(h_a)
 

@@ -136,10 +136,6 @@ class CausalSelfAttention(nn.Module):
         if config.qk_norm == "rms":
             self.q_norm = RMSNorm(self.head_dim)
             self.k_norm = RMSNorm(self.head_dim)
-        # for train.py's attention metrics only, inert in training: a multiplier on the attention logits (the
-        # temperature-saturation probe of Merrill et al. 2021) and, when set to a list, a record of the logits
-        self.logit_mult = 1.0
-        self.record_logits = None
 
     def forward(self, x, tables):
         B, T, C = x.size()
@@ -157,9 +153,6 @@ class CausalSelfAttention(nn.Module):
             # GPT+ (anGPT paper, Table 1): k <- norm(k), q <- norm(q), A <- softmax(q k^T g); g is applied to q
             q, k = (self.g() * norm(q)).type_as(v), norm(k).type_as(v)
             scale = 1.0
-        scale = scale * self.logit_mult
-        if self.record_logits is not None:
-            self.record_logits.append(scale * (q.float() @ k.float().transpose(-2, -1)))  # (B, nh, T, T), unmasked
         # flash attention on GPU
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble all head outputs side by side

@@ -144,10 +144,6 @@ class CausalSelfAttention(nn.Module):
         # s_qk: one scale per head and channel, init 1
         self.s_qk = Scale(config.n_embd, table_value(config, "s_qk_init"), table_value(config, "s_qk_scale"),
                           config.s_qk_kind)
-        # for train.py's attention metrics only, inert in training: a multiplier on the attention logits (the
-        # temperature-saturation probe of Merrill et al. 2021) and, when set to a list, a record of the logits
-        self.logit_mult = 1.0
-        self.record_logits = None
 
     def forward(self, x, tables):
         B, T, C = x.size()
@@ -164,10 +160,8 @@ class CausalSelfAttention(nn.Module):
         q = (s_qk * s_qk) * q
         # q.k is now s_qk^2 times a cosine, whose variance is about 1/hs for random directions: the softmax scale
         # becomes +sqrt(hs) instead of 1/sqrt(hs), to bring the attention logits back to variance 1
-        scale = self.logit_mult * math.sqrt(self.head_dim)
-        if self.record_logits is not None:
-            self.record_logits.append(scale * (q.float() @ k.float().transpose(-2, -1)))  # (B, nh, T, T), unmasked
-        y = F.scaled_dot_product_attention(q.type_as(v), k.type_as(v), v, is_causal=True, scale=scale)
+        y = F.scaled_dot_product_attention(q.type_as(v), k.type_as(v), v, is_causal=True,
+                                           scale=math.sqrt(self.head_dim))
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble all head outputs side by side
         return self.c_proj(y)
 

@@ -13,6 +13,8 @@ experiments/norm_growth.py plots and tabulates them over finished runs.
 """
 
 import copy
+import math
+from contextlib import contextmanager
 
 import torch
 from torch.nn import functional as F
@@ -98,10 +100,31 @@ def scale_summary(model):
 # Saturation and attention metrics, at every evaluation (Merrill et al. 2021: Definition 1, sections 4.1 to 4.3).
 # All on a fixed validation batch, in fp32 without autocast, on the uncompiled model
 
-SATURATION_C = 1000.0   # the paper's saturation: every parameter times c = 1000 (GPT only, see saturation())
+SATURATION_C = 1000.0   # the paper's saturation: every parameter times c = 1000 (see eval_metrics())
 ATTENTION_C = 100.0     # the attention-temperature variant: the attention logits times c = 100, for every model
 HEAD_COUNT_CS = (10, 100)  # head analysis: how many positions keep a weight > 1e-5 at these temperatures
 PROBE_TOKENS = 2048     # the metrics' validation batch: PROBE_TOKENS // block_size sequences (at least 1)
+
+
+@contextmanager
+def attention_probe(logit_mult=1.0, record=None):
+    """Within it, every call of F.scaled_dot_product_attention, the attention of every model here, has its logits
+    multiplied by logit_mult (its scale times logit_mult) and, with a list `record`, appends them to it, (B, nh, T, T)
+    in fp32 before the causal mask: one per layer and forward pass, in the order the layers run. The models carry
+    nothing for it."""
+    sdpa = F.scaled_dot_product_attention
+
+    def probed(q, k, v, *args, scale=None, **kwargs):
+        scale = (1 / math.sqrt(q.size(-1)) if scale is None else scale) * logit_mult
+        if record is not None:
+            record.append(scale * (q.float() @ k.float().transpose(-2, -1)))
+        return sdpa(q, k, v, *args, scale=scale, **kwargs)
+
+    torch.nn.functional.scaled_dot_product_attention = probed
+    try:
+        yield record
+    finally:
+        torch.nn.functional.scaled_dot_product_attention = sdpa
 
 
 @torch.no_grad()
@@ -135,14 +158,8 @@ def saturation(model, idx, kind):
     if kind == "params":
         saturated = block_outputs(model, idx, {name: p * SATURATION_C for name, p in model.named_parameters()})
     else:
-        attentions = [block.attn for block in model.transformer.h]
-        for attn in attentions:
-            attn.logit_mult = ATTENTION_C
-        try:
+        with attention_probe(logit_mult=ATTENTION_C):
             saturated = block_outputs(model, idx)
-        finally:
-            for attn in attentions:
-                attn.logit_mult = 1.0
     cosines = [F.cosine_similarity(a, b, dim=-1).mean() for a, b in zip(plain, saturated)]
     return [round(v, 5) for v in torch.stack(cosines).tolist()]
 
@@ -172,20 +189,14 @@ def head_stats(logits, t_min, counts_at=HEAD_COUNT_CS, threshold=1e-5):
 
 @torch.no_grad()
 def attention_logits(model, idx, params=None, logit_mult=1.0):
-    """Every layer's pre-softmax logits [(B, nh, T, T)], recorded by the attention modules during one forward pass:
-    of the model as it is, with `params` instead of its own (functional_call), or with every logit times logit_mult."""
-    attentions = [block.attn for block in model.transformer.h]
-    for attn in attentions:
-        attn.record_logits, attn.logit_mult = [], logit_mult
-    try:
+    """Every layer's pre-softmax logits [(B, nh, T, T)] in one forward pass: of the model as it is, with `params`
+    instead of its own (functional_call), or with every logit times logit_mult."""
+    with attention_probe(logit_mult, record=[]) as logits:
         if params is None:
             model(idx)
         else:
             torch.func.functional_call(model, params, (idx,))
-        return [attn.record_logits[0] for attn in attentions]
-    finally:
-        for attn in attentions:
-            attn.record_logits, attn.logit_mult = None, 1.0
+    return logits
 
 
 def t_min_of(idx):
@@ -194,9 +205,10 @@ def t_min_of(idx):
 
 @torch.no_grad()
 def attention_stats(model, idx):
-    """head_stats() of every layer: {name: [[one value per head] per layer]}."""
+    """head_stats() of every layer: {name: [[one value per head] per layer]} ({} for a model whose attention is not
+    F.scaled_dot_product_attention)."""
     per_layer = [head_stats(logits, t_min_of(idx)) for logits in attention_logits(model, idx)]
-    return {name: [layer[name] for layer in per_layer] for name in per_layer[0]}
+    return {name: [layer[name] for layer in per_layer] for name in per_layer[0]} if per_layer else {}
 
 
 @torch.no_grad()
@@ -212,7 +224,20 @@ def saturated_head_counts(model, idx, kind):
     return [head_stats(layer, t_min_of(idx), counts_at=(1,))["count_c1"] for layer in logits]
 
 
-def eval_metrics(model, idx, model_name):
+@torch.no_grad()
+def norm_is_held(model):
+    """Whether the model's after_step() takes back a growth of its weights, as nGPT's sphere and anGPT's ball do: then
+    the large-norm limit that Merrill et al.'s saturation stands for is out of its reach. Tried on a copy whose
+    parameters are doubled."""
+    grown = copy.deepcopy(model)
+    for p in grown.parameters():
+        p.mul_(2.0)
+    before = total_norm([p.float() for p in grown.parameters()])
+    grown.after_step()
+    return bool(total_norm([p.float() for p in grown.parameters()]) < 0.9 * before)
+
+
+def eval_metrics(model, idx):
     """The eval record's saturation and attention fields. The model must be the uncompiled one; it is run in eval
     mode and fp32 (the saturated logits reach c^4 = 1e12: bf16 would round near-equal ones to ties, fp16 overflow)."""
     if any(p.dtype != torch.float32 for p in model.parameters()):  # --param_dtype bfloat16: measure an fp32 copy
@@ -221,9 +246,10 @@ def eval_metrics(model, idx, model_name):
     model.eval()
     try:
         with torch.autocast(idx.device.type, enabled=False):
-            # GPT is about homogeneous in its parameters, so the paper's definition applies to it (sec. 5.2); nGPT
-            # and anGPT get the attention-temperature variant under the same name, and say so
-            kind = "params" if model_name == "gpt" else "attention"
+            # GPT's weights are free to grow, and it is about homogeneous in them, so the paper's definition applies
+            # (sec. 5.2); nGPT and anGPT hold their weights' norm, and get the attention-temperature variant under
+            # the same name, and say so
+            kind = "attention" if norm_is_held(model) else "params"
             main = saturation(model, idx, kind)
             heads = attention_stats(model, idx)
             hidden_norm = [round(h.norm(dim=-1).mean().item(), 4) for h in block_outputs(model, idx)]
@@ -231,7 +257,7 @@ def eval_metrics(model, idx, model_name):
                         saturation_kind=f"all parameters x {SATURATION_C:g}" if kind == "params"
                         else f"attention logits x {ATTENTION_C:g}",
                         saturation_attn=saturation(model, idx, "attention") if kind == "params" else main,
-                        attn_logit_std=[round(sum(layer) / len(layer), 4) for layer in heads["logit_std"]],
+                        attn_logit_std=[round(sum(layer) / len(layer), 4) for layer in heads.get("logit_std", [])],
                         heads=heads, hidden_norm=hidden_norm, heads_saturated=saturated_head_counts(model, idx, kind))
     finally:
         model.train(was_training)

@@ -594,7 +594,7 @@ def evaluate_and_save(run, eval_batches, start_wall):
     log(run, dict(iter=run.iter_num, tokens=run.iter_num * run.tokens_per_iter, train_loss=losses["train"],
                   val_loss=losses["val"], lr=get_lr(run.iter_num, run.s), time_s=run.time_s,
                   wall_s=time.time() - start_wall, scales=norms.scale_summary(run.raw_model),
-                  **(norms.eval_metrics(run.raw_model, probe, run.s["model"]) if run.master else {})))
+                  **(norms.eval_metrics(run.raw_model, probe) if run.master else {})))
     if run.master:
         print(f"step {run.iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
     save(run)

@@ -67,20 +67,17 @@ def test_a_random_init_gpt_is_far_from_its_saturated_version():
 def test_the_metrics_leave_the_live_model_as_it_was(name):
     model = fresh(name)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    norms.eval_metrics(model, probe(), name)
+    sdpa = F.scaled_dot_product_attention
+    norms.eval_metrics(model, probe())
     assert model.training
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
-    assert all(block.attn.logit_mult == 1.0 and block.attn.record_logits is None for block in model.transformer.h)
+    assert F.scaled_dot_product_attention is sdpa  # the probe put the attention back
 
 
 def outputs_with_logits_times(model, idx, c):
     """The block outputs with every attention logit multiplied by c."""
-    for block in model.transformer.h:
-        block.attn.logit_mult = c
-    outputs = norms.block_outputs(model, idx)
-    for block in model.transformer.h:
-        block.attn.logit_mult = 1.0
-    return outputs
+    with norms.attention_probe(logit_mult=c):
+        return norms.block_outputs(model, idx)
 
 
 def test_the_gpt_logit_multiplier_is_the_same_as_scaling_w_q():
@@ -139,7 +136,7 @@ def test_head_statistics_ignore_the_future_keys():
 
 @pytest.mark.parametrize("name", train.MODELS)
 def test_the_eval_metrics_have_one_value_per_layer_and_head(name):
-    metrics = norms.eval_metrics(fresh(name), probe(), name)
+    metrics = norms.eval_metrics(fresh(name), probe())
     L, H = SIZES["n_layer"], SIZES["n_head"]
     assert len(metrics["saturation"]) == len(metrics["saturation_attn"]) == len(metrics["attn_logit_std"]) == L
     assert all(-1 <= s <= 1 + 1e-6 for s in metrics["saturation"] + metrics["saturation_attn"])
@@ -173,3 +170,106 @@ def test_alignment_is_1_for_a_step_along_the_parameters_and_minus_1_against_them
         assert norms.norm_metrics(group, before, None)["alignment"] == pytest.approx(alignment, abs=1e-6)
     sideways = [theta[0] + torch.randn(4, 3) * 1e-3, theta[1]]
     assert abs(norms.norm_metrics(group, sideways, None)["alignment"]) < 1
+
+
+@pytest.mark.parametrize("name", train.MODELS)
+def test_the_recorded_logits_are_what_the_softmax_sees(name):
+    """Every layer's recorded logits, with the causal mask and a softmax, give back the attention's output."""
+    model, idx = fresh(name), probe(batch=2)
+    seen = []
+    hooks = [block.attn.register_forward_hook(lambda module, args, out: seen.append(args[0]))
+             for block in model.transformer.h]
+    logits = norms.attention_logits(model, idx)
+    for hook in hooks:
+        hook.remove()
+    assert len(logits) == SIZES["n_layer"]
+    causal = torch.ones(idx.size(1), idx.size(1), dtype=torch.bool).tril()
+    weights = logits[0].masked_fill(~causal, float("-inf")).softmax(-1)  # (B, nh, T, T) of the first layer
+    attn = model.transformer.h[0].attn
+    B, T, C = seen[0].shape
+    v = attn.c_attn(seen[0]).split(C, dim=2)[2].view(B, T, SIZES["n_head"], -1).transpose(1, 2)
+    expected = attn.c_proj((weights @ v).transpose(1, 2).reshape(B, T, C))
+    torch.testing.assert_close(attn(seen[0], model.rope_tables(T)), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_a_minimal_model_written_to_the_readme_interface_is_measured(char_dataset, tmp_path, monkeypatch):
+    """A model file with only what the README's interface asks for: train.py logs its norm metrics."""
+    (tmp_path / "tinymodel.py").write_text(MINIMAL_MODEL)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import tinymodel
+
+    monkeypatch.setitem(train.MODELS, "tinymodel", tinymodel)
+    data_dir, name = char_dataset
+    train.main(["--model", "tinymodel", "--max_iters", "4", "--eval_interval", "2", "--log_interval", "2",
+                "--n_layer", "2", "--n_head", "2", "--n_embd", "32", "--block_size", "32", "--batch_size", "4",
+                "--eval_iters", "2", "--data_dir", data_dir, "--dataset", name, "--out_dir", str(tmp_path / "run"),
+                "--learning_rate", "1e-3", "--device", "cpu"])
+    records = train.read_log(tmp_path / "run" / "log.jsonl")
+    steps, evals = [r for r in records if "loss" in r], [r for r in records if "val_loss" in r]
+    assert steps and all(math.isfinite(r["param_norm"]) and len(r["param_norm_layers"]) == 2 for r in steps)
+    last = evals[-1]
+    assert last["saturation_kind"] == "all parameters x 1000" and len(last["saturation"]) == 2
+    assert len(last["heads"]["n_eff"]) == 2 and all(len(layer) == 2 for layer in last["heads"]["n_eff"])
+    assert len(last["hidden_norm"]) == 2 and len(last["heads_saturated"]) == 2
+
+
+MINIMAL_MODEL = """
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+RECIPE = dict(learning_rate=1e-3, min_lr_ratio=0.0, warmup_iters=0, weight_decay=0.0, beta1=0.9, beta2=0.95,
+              eps=1e-8, grad_clip=1.0)
+
+
+@dataclass
+class Config:
+    block_size: int = 32
+    vocab_size: int = 65
+    n_layer: int = 2
+    n_head: int = 2
+    n_embd: int = 32
+
+
+class Block(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.n_head, self.qkv, self.out = c.n_head, nn.Linear(c.n_embd, 3 * c.n_embd), nn.Linear(c.n_embd, c.n_embd)
+
+    def forward(self, h):
+        B, T, C = h.shape
+        q, k, v = (t.view(B, T, self.n_head, -1).transpose(1, 2) for t in self.qkv(h).split(C, dim=2))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return h + self.out(y.transpose(1, 2).reshape(B, T, C))
+
+
+class Model(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(dict(wte=nn.Embedding(config.vocab_size, config.n_embd),
+                                              h=nn.ModuleList(Block(config) for _ in range(config.n_layer))))
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+
+    def num_params(self):
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(self, idx, targets=None):
+        h = self.transformer.wte(idx)
+        for block in self.transformer.h:
+            h = block(h)
+        logits = self.lm_head(h)
+        loss = None if targets is None else F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
+        return logits, loss
+
+    def optimizer_groups(self, weight_decay):
+        return [dict(params=list(self.parameters()), weight_decay=weight_decay)]
+
+    def after_step(self):
+        pass
+
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None):
+        return idx
+"""
