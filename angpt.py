@@ -31,7 +31,7 @@ normalized next, which a positive constant changes neither in value nor in gradi
 
 Choices the paper leaves open, each an option, the default measured on the CPU preset (results/README.md,
 "Open choices"):
-  - g_shape "layer", g_init "sqrt_d_head": one gain per layer, starting where nGPT's effective gain starts.
+  - g: one gain per layer, starting at sqrt(d_head), where nGPT's effective gain starts.
   - s_scale 0.01 (sec. 5; Table F.2 says 0.001, nGPT uses 1/sqrt(n_embd)); s_z_init 1; alpha_init 0.05 (sec. 5.6).
   - beta2 0.95 (Table F.2; App. G uses 0.99 below 100M parameters), and the peak LR 2e-3.
   - the embedding and the output head are in the ball too, row by row (App. A: "our work bound all parameter
@@ -73,67 +73,49 @@ class Scale(nn.Module):
     """A learned vector whose effective value is its stored value times s_init/s_scale (nGPT's s_init, s_scale).
 
     Stored at s_scale, it starts at s_init; a small s_scale makes Adam's steps on it s_init/s_scale times larger
-    in effect (its learning rate is effectively scaled up). The ablations of Table 5: kind "scalar" learns one value
-    for all dim entries, kind "value" keeps it fixed at s_init.
+    in effect (its learning rate is effectively scaled up).
     """
 
-    def __init__(self, dim, s_init, s_scale, kind="vector"):
+    def __init__(self, dim, s_init, s_scale):
         super().__init__()
-        self.s_init, self.s_scale, self.dim = s_init, s_scale, dim
-        self.weight = nn.Parameter(torch.full((dim if kind == "vector" else 1,), float(s_scale)),
-                                   requires_grad=kind != "value")
+        self.s_init, self.s_scale = s_init, s_scale
+        self.weight = nn.Parameter(torch.full((dim,), float(s_scale)))
 
     def forward(self):
-        return (self.weight * (self.s_init / self.s_scale)).expand(self.dim)
+        return self.weight * (self.s_init / self.s_scale)
 
 
 class QKGain(nn.Module):
-    """The learned gain g of QK-norm (Henry et al. 2020): the attention logits are g q.k for unit q and k.
-
-    One scalar per layer or one per head (g_shape), starting at sqrt(d_head), the gain that the usual 1/sqrt(d_head)
-    softmax scale gives RMS-normalized q and k, or at Henry et al.'s log2(T^2 - T) for training length T (g_init).
-    """
+    """The learned gain g of QK-norm (Henry et al. 2020): the attention logits are g q.k for unit q and k. One scalar
+    per layer, starting at sqrt(d_head), the gain that the usual 1/sqrt(d_head) softmax scale gives RMS-normalized q
+    and k (results/README.md, "Open choices", measures a gain per head and Henry et al.'s start)."""
 
     def __init__(self, config):
         super().__init__()
-        assert config.g_shape in ("layer", "head"), f"g_shape must be layer or head, not {config.g_shape!r}"
-        assert config.g_init in ("sqrt_d_head", "henry"), (
-            f"g_init must be sqrt_d_head or henry, not {config.g_init!r}")
-        T = config.block_size
-        init = math.sqrt(config.n_embd // config.n_head) if config.g_init == "sqrt_d_head" else math.log2(T * T - T)
-        self.weight = nn.Parameter(torch.full((config.n_head if config.g_shape == "head" else 1,), init))
+        self.weight = nn.Parameter(torch.full((1,), math.sqrt(config.n_embd // config.n_head)))
 
     def forward(self):
-        return self.weight.view(-1, 1, 1)  # (nh or 1, 1, 1): broadcast over (B, nh, T, hs)
+        return self.weight.view(1, 1, 1)  # broadcast over (B, nh, T, hs)
 
 
-def rope_tables(rope, seq_len, rope_dim, device):
-    """The two (seq_len, rope_dim/2) tables that apply_rope needs, in fp32, for the first rope_dim dimensions of a
-    head (all of them, or rope_fraction of them: the frequencies span the rotated dimensions, as in GPT-NeoX)."""
+def rope_tables(seq_len, rope_dim, device):
+    """The cos and sin tables, each (seq_len, rope_dim/2) in fp32, that apply_rope needs for the first rope_dim
+    dimensions of a head (all of them, or rope_fraction of them: the frequencies span the rotated dimensions, as in
+    GPT-NeoX)."""
     pos = torch.arange(seq_len, device=device, dtype=torch.float32)
     freq = 10000.0 ** (-torch.arange(0, rope_dim, 2, device=device, dtype=torch.float32) / rope_dim)
     angle = torch.outer(pos, freq)  # (T, rope_dim/2): position p times frequency w_j
-    if rope == "standard":
-        return angle.cos(), angle.sin()
-    # NVIDIA's table interleaves sin and cos, E[p, 2j] = sin(p w_j), E[p, 2j+1] = cos(p w_j), then splits
-    # it in halves along the last dim; both halves still mix frequencies.
-    table = torch.stack((angle.sin(), angle.cos()), dim=-1).flatten(-2)  # (T, rope_dim)
-    return table[:, : rope_dim // 2], table[:, rope_dim // 2 :]
+    return angle.cos(), angle.sin()
 
 
-def apply_rope(rope, x, tables):
-    """Position-dependent transform of q or k, x: (B, nh, T, hs), on the first rope_dim dimensions of each head,
-    as many as the tables cover; the rest pass through unchanged."""
+def apply_rope(x, tables):
+    """RoPE on q or k, x: (B, nh, T, hs), on the first rope_dim dimensions of each head, as many as the tables
+    cover; the rest pass through unchanged."""
     a, b = tables  # each (T, rope_dim/2)
     x, x_pass = x[..., : 2 * a.size(-1)], x[..., 2 * a.size(-1) :]
-    if rope == "standard":
-        # rotate the pair (x[j], x[j + rope_dim/2]) by the angle p * w_j; norms and relative offsets preserved
-        x1, x2 = x.chunk(2, dim=-1)
-        return torch.cat((x1 * a - x2 * b, x2 * a + x1 * b, x_pass), dim=-1).type_as(x)
-    # reference: out[2i] = -x[2i+1] * b[p, i], out[2i+1] = x[2i] * a[p, i]; no cos/sin sum, so it is
-    # neither norm-preserving nor relative, and zeroes every even pair at p = 0 (NVIDIA/ngpt issue #10)
-    x_even, x_odd = x[..., 0::2], x[..., 1::2]
-    return torch.cat((torch.stack((-x_odd * b, x_even * a), dim=-1).flatten(-2), x_pass), dim=-1).type_as(x)
+    # rotate the pair (x[j], x[j + rope_dim/2]) by the angle p * w_j; norms and relative offsets preserved
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((x1 * a - x2 * b, x2 * a + x1 * b, x_pass), dim=-1).type_as(x)
 
 
 class CausalSelfAttention(nn.Module):
@@ -143,7 +125,6 @@ class CausalSelfAttention(nn.Module):
         assert config.n_embd % config.n_head == 0
         self.n_head = config.n_head
         self.head_dim = config.n_embd // config.n_head
-        self.rope = config.rope
         # query, key and value projections for all heads in one matrix
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=False)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
@@ -157,7 +138,7 @@ class CausalSelfAttention(nn.Module):
         q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
-        q, k = apply_rope(self.rope, q, tables), apply_rope(self.rope, k, tables)
+        q, k = apply_rope(q, tables), apply_rope(k, tables)
         # k <- norm(k), q <- norm(q), per head, after the positional transform; A <- softmax(q k^T g), so the logits
         # are g times a cosine. g is applied to q
         q, k = self.g() * norm(q), norm(k)
@@ -236,11 +217,8 @@ class Config:
     n_layer: int = 12
     n_head: int = 12
     n_embd: int = 768
-    rope: str = "standard"     # positional encoding: "standard" RoPE, or NVIDIA's "reference" transform
     rope_fraction: float = 1.0  # the fraction of each head's dimensions that rope turns (anGPT paper, Table F.2: 0.5)
     alpha_init: float = 0.05   # initial alpha_a, alpha_m (sec. 5.6)
-    g_shape: str = "layer"     # one attention gain g per "layer" or one per "head"
-    g_init: str = "sqrt_d_head"  # g starts at "sqrt_d_head", or at log2(T^2 - T) for training length T ("henry")
     s_z_init: float = 1.0      # initial logit scale s_z
     s_scale: float = 0.01      # the s_scale of alpha and s_z (sec. 5; nGPT's is 1/sqrt(n_embd))
     # the ablations of Table L.1, each off the full model by one switch (experiments/ablations.py runs them)
@@ -257,7 +235,6 @@ class Model(nn.Module):
     def __init__(self, config):
         super().__init__()
         assert config.vocab_size is not None and config.block_size is not None
-        assert config.rope in ("standard", "reference"), f"rope must be standard or reference, not {config.rope!r}"
         assert 0 < config.rope_fraction <= 1, f"rope_fraction must be above 0 and at most 1, not {config.rope_fraction}"
         self.rope_dim = 2 * max(1, round(config.n_embd // config.n_head * config.rope_fraction / 2))  # whole pairs
         self.config = config
@@ -273,7 +250,7 @@ class Model(nn.Module):
         # the ball that after_step() keeps them in. Starting normalized is why no warmup is needed (sec. 4.2)
         self.apply(self._init_weights)
         # positional tables for the training length; buffers follow .to(device) but stay out of checkpoints
-        rope_a, rope_b = rope_tables(config.rope, config.block_size, self.rope_dim, "cpu")
+        rope_a, rope_b = rope_tables(config.block_size, self.rope_dim, "cpu")
         self.register_buffer("rope_a", rope_a, persistent=False)
         self.register_buffer("rope_b", rope_b, persistent=False)
 
@@ -290,7 +267,7 @@ class Model(nn.Module):
         if seq_len <= self.rope_a.size(0):
             return self.rope_a[:seq_len], self.rope_b[:seq_len]
         # longer than the training context (length extrapolation): compute the tables afresh
-        return rope_tables(self.config.rope, seq_len, self.rope_dim, self.rope_a.device)
+        return rope_tables(seq_len, self.rope_dim, self.rope_a.device)
 
     def forward(self, idx, targets=None):
         B, T = idx.size()

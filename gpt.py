@@ -69,23 +69,16 @@ def norm(x):
 
 
 class QKGain(nn.Module):
-    """The learned gain g of QK-norm (Henry et al. 2020): the attention logits are g q.k for unit q and k.
-
-    One scalar per layer or one per head (g_shape), starting at sqrt(d_head), the gain that the usual 1/sqrt(d_head)
-    softmax scale gives RMS-normalized q and k, or at Henry et al.'s log2(T^2 - T) for training length T (g_init).
-    """
+    """The learned gain g of QK-norm (Henry et al. 2020): the attention logits are g q.k for unit q and k. One scalar
+    per layer, starting at sqrt(d_head), the gain that the usual 1/sqrt(d_head) softmax scale gives RMS-normalized q
+    and k (results/README.md, "Open choices", measures a gain per head and Henry et al.'s start)."""
 
     def __init__(self, config):
         super().__init__()
-        assert config.g_shape in ("layer", "head"), f"g_shape must be layer or head, not {config.g_shape!r}"
-        assert config.g_init in ("sqrt_d_head", "henry"), (
-            f"g_init must be sqrt_d_head or henry, not {config.g_init!r}")
-        T = config.block_size
-        init = math.sqrt(config.n_embd // config.n_head) if config.g_init == "sqrt_d_head" else math.log2(T * T - T)
-        self.weight = nn.Parameter(torch.full((config.n_head if config.g_shape == "head" else 1,), init))
+        self.weight = nn.Parameter(torch.full((1,), math.sqrt(config.n_embd // config.n_head)))
 
     def forward(self):
-        return self.weight.view(-1, 1, 1)  # (nh or 1, 1, 1): broadcast over (B, nh, T, hs)
+        return self.weight.view(1, 1, 1)  # broadcast over (B, nh, T, hs)
 
 
 def rope_tables(rope, seq_len, rope_dim, device):
@@ -197,8 +190,6 @@ class Config:
     rope: str = "standard"     # positional encoding: "standard" RoPE, or NVIDIA's "reference" transform
     rope_fraction: float = 1.0  # the fraction of each head's dimensions that rope turns (anGPT paper, Table F.2: 0.5)
     qk_norm: str = "false"     # "true": the anGPT paper's GPT+, L2 norm of q and k and a learned gain g; "rms": RMSNorm
-    g_shape: str = "layer"     # qk_norm "true": one gain g per "layer" or one per "head"
-    g_init: str = "sqrt_d_head"  # qk_norm "true": g starts at "sqrt_d_head", or at log2(T^2 - T) ("henry")
 
 
 class Model(nn.Module):

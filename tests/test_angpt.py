@@ -150,23 +150,20 @@ def test_the_counter_sees_a_norm_added_to_the_residual_stream(monkeypatch):
 
 
 def test_g_every_alpha_and_s_z_receive_a_gradient():
-    for options in (dict(g_shape="head"), dict(g_shape="layer")):
-        model = tiny_model(**options)
-        idx = torch.randint(0, VOCAB, (2, 16))
-        _, loss = model(idx, idx)
-        loss.backward()
-        learned = {name: p.grad for name, p in model.named_parameters() if p.dim() == 1}
-        assert {n.split(".")[-2] for n in learned} == {"g", "alpha_attn", "alpha_mlp", "s_z"}
-        for name, grad in learned.items():
-            assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0, name
+    model = tiny_model()
+    idx = torch.randint(0, VOCAB, (2, 16))
+    _, loss = model(idx, idx)
+    loss.backward()
+    learned = {name: p.grad for name, p in model.named_parameters() if p.dim() == 1}
+    assert {n.split(".")[-2] for n in learned} == {"g", "alpha_attn", "alpha_mlp", "s_z"}
+    for name, grad in learned.items():
+        assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0, name
 
 
-def test_the_gain_g_has_the_shape_and_start_asked_for():
-    for shape, init, expected_shape, expected_init in (("head", "sqrt_d_head", (4,), math.sqrt(8)),
-                                                       ("layer", "henry", (1,), math.log2(32 * 32 - 32))):
-        model = tiny_model(n_head=4, g_shape=shape, g_init=init)
-        g = model.transformer.h[0].attn.g.weight
-        assert g.shape == expected_shape and torch.allclose(g, torch.tensor(expected_init))
+def test_the_gain_g_is_one_per_layer_starting_at_sqrt_d_head():
+    model = tiny_model(n_head=4)
+    for block in model.transformer.h:
+        assert block.attn.g.weight.shape == (1,) and torch.allclose(block.attn.g.weight, torch.tensor(math.sqrt(8)))
 
 
 def table_1(model, idx):
@@ -180,7 +177,7 @@ def table_1(model, idx):
         nu_qkv, nu_p, nu_uz, nu_acf, nu_d = math.sqrt(C / d_head), 1.0, math.sqrt(C / d_ff), 3.74, math.sqrt(d_ff / C)
         q, k, v = (attn.c_attn(h) * nu_qkv).split(C, dim=2)                   # q, k, v <- W_qkv h nu_qkv
         q, k, v = (t.view(B, T, attn.n_head, d_head).transpose(1, 2) for t in (q, k, v))
-        q, k = angpt.apply_rope(attn.rope, q, tables), angpt.apply_rope(attn.rope, k, tables)
+        q, k = angpt.apply_rope(q, tables), angpt.apply_rope(k, tables)
         k = k / k.norm(dim=-1, keepdim=True)                                    # k <- norm(k)
         q = q / q.norm(dim=-1, keepdim=True)                                    # q <- norm(q)
         logits = (q @ k.transpose(-2, -1)) * attn.g()                           # A <- softmax(q k^T g)
@@ -198,7 +195,7 @@ def table_1(model, idx):
     return model.s_z() * model.lm_head(h)                                       # logits <- s_z (W_h h)
 
 
-@pytest.mark.parametrize("options", [dict(), dict(g_shape="layer", g_init="henry"), dict(rope="reference")])
+@pytest.mark.parametrize("options", [dict(), dict(rope_fraction=0.5)])
 def test_the_forward_is_table_1_with_the_factors_that_cancel_left_out(options):
     model = tiny_model(n_layer=3, n_head=4, n_embd=64, **options)
     with torch.no_grad():  # away from the initialization, so that nothing holds by symmetry

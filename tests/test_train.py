@@ -177,7 +177,7 @@ BAD_INPUTS = {
     "missing data": ["--model", "gpt", "--dataset", "no_such_dataset"],
     "unknown option": ["--model", "gpt", "--n_layers", "4"],
     "bad value": ["--model", "gpt", "--max_iters", "many"],
-    "model option out of range": ["--model", "angpt", "--g_shape", "row"],
+    "model option out of range": ["--model", "gpt", "--qk_norm", "maybe"],
 }
 
 
