@@ -51,7 +51,7 @@ from torch.nn import functional as F
 RECIPE = dict(
     learning_rate=2e-3,  # peak LR, tuned on the CPU preset (results/README.md, "Open choices")
     min_lr_ratio=0.01,   # cosine decays to learning_rate * min_lr_ratio ("Lr Decay Factor 0.01")
-    warmup_iters=0,
+    warmup=0,
     weight_decay=0.0,    # the ball bounds the weights; decay would only pull them inside it
     beta1=0.9,
     beta2=0.95,

@@ -45,7 +45,7 @@ VARIANTS = {
     "gpt_qk": ("gpt", ["--qk_norm", "true"], "GPT+QK-norm"),  # the anGPT paper's GPT+: L2 norms and a gain g
     # GPT+ trained as the anGPT paper trains it (Table F.2): warmup over 20% of the run, cosine decay to 0.01 x the
     # peak LR, eps 1e-9 (decay 0.1, betas and clipping as GPT's RECIPE); its peak LR tuned on the CPU preset
-    "gpt_qk_f2": ("gpt", ["--qk_norm", "true", "--warmup_frac", "0.2", "--min_lr_ratio", "0.01", "--eps", "1e-9",
+    "gpt_qk_f2": ("gpt", ["--qk_norm", "true", "--warmup", "20%", "--min_lr_ratio", "0.01", "--eps", "1e-9",
                           "--learning_rate", "1e-3"], "GPT+QK-norm, Table F.2"),
     "gpt_qk_rms": ("gpt", ["--qk_norm", "rms"], "GPT+QK-RMSNorm"),  # RMSNorm on q and k, per-channel gains
     "ngpt": ("ngpt", [], "nGPT"),
@@ -78,12 +78,15 @@ def label(key):
 def variant_of(config):
     """The VARIANTS key of a run's settings (its config.json): the most specific variant whose model file and
     options they match. A run that lacks an option (logged before the option existed) does not match it."""
+    def same(value, text):
+        try:
+            return value == ((text == "true") if isinstance(value, bool) else type(value)(text))
+        except ValueError:  # "20%" against a warmup in steps
+            return False
+
     def matches(options):
-        for option, text in zip(options[::2], options[1::2]):
-            value = config.get(option[2:])
-            if value is None or value != ((text == "true") if isinstance(value, bool) else type(value)(text)):
-                return False
-        return True
+        return all(config.get(option[2:]) is not None and same(config[option[2:]], text)
+                   for option, text in zip(options[::2], options[1::2]))
     found = [key for key, (model, options, _) in VARIANTS.items() if model == config["model"] and matches(options)]
     return max(found, key=lambda key: len(VARIANTS[key][1])) if found else config["model"]
 
@@ -148,10 +151,24 @@ def run_folders(paths, holding="log.jsonl"):
     return found
 
 
+def read_config(folder):
+    """A run's config.json in today's terms: a run logged before --warmup and --min_lr_ratio were the one way to set
+    the schedule has its warmup as warmup_frac or warmup_iters, and its final LR as min_lr."""
+    config = json.loads((Path(folder) / "config.json").read_text())
+    if "warmup" not in config:
+        share = config.get("warmup_frac")
+        config["warmup"] = train.warmup_value(f"{share * 100:g}%" if share is not None else config["warmup_iters"])
+    if config.get("min_lr_ratio") is None:
+        ratio = train.MODELS[config["model"]].RECIPE["min_lr_ratio"]
+        given = config["min_lr"] != config["learning_rate"] * ratio  # an --min_lr that there was then
+        config["min_lr_ratio"] = config["min_lr"] / config["learning_rate"] if given else ratio
+    return config
+
+
 def read_run_log(folder):
     """A run folder's settings, log records, and eval records (sorted by step, one per step: a resumed run may
     repeat one)."""
-    config = json.loads((Path(folder) / "config.json").read_text())
+    config = read_config(folder)
     records = train.read_log(Path(folder) / "log.jsonl")
     evals = {r["iter"]: r for r in records if "val_loss" in r}
     return config, records, [evals[it] for it in sorted(evals)]
@@ -209,7 +226,7 @@ def other_data(saved, s):
 
 def check_same_settings(folder, s):
     """A run in `folder` is reused or resumed only if it was started with the same settings `s`, on the same data."""
-    saved = json.loads((folder / "config.json").read_text())
+    saved = read_config(folder)
     differ = settings_differ(saved, s)
     if differ:
         raise ConfigError(f"{folder} holds a run with other settings ({', '.join(differ)}); "
@@ -227,7 +244,7 @@ def reusable_runs(paths):
         folders = sorted(p.parent for p in path.rglob("config.json"))
         if not folders:
             raise ConfigError(f"--reuse {path}: no train.py run (config.json) in it or below it")
-        found += [(folder, json.loads((folder / "config.json").read_text())) for folder in folders]
+        found += [(folder, read_config(folder)) for folder in folders]
     return found
 
 

@@ -38,7 +38,7 @@ from torch.nn import functional as F
 RECIPE = dict(
     learning_rate=2e-3,  # peak LR, tuned on the CPU preset (results/README.md, "Learning rates")
     min_lr_ratio=0.0,    # cosine decays to learning_rate * min_lr_ratio
-    warmup_iters=100,
+    warmup=100,
     weight_decay=0.1,
     beta1=0.9,
     beta2=0.95,

@@ -55,7 +55,7 @@ from torch.nn import functional as F
 RECIPE = dict(
     learning_rate=8e-3,  # peak LR, tuned on the CPU preset (results/README.md, "Learning rates")
     min_lr_ratio=0.0,    # cosine decays to learning_rate * min_lr_ratio
-    warmup_iters=0,
+    warmup=0,
     weight_decay=0.0,    # the sphere bounds the weights; decay would only fight the normalization
     beta1=0.9,
     beta2=0.95,

@@ -69,12 +69,12 @@ DEFAULTS = dict(
     gradient_accumulation_steps=1,  # micro-steps per optimizer step, summed over all processes
     # model: the sizes (vocab_size comes from the data); the model options come from each model's Config
     n_layer=4, n_head=4, n_embd=128, block_size=64,
-    # AdamW and the LR schedule: None means the model's RECIPE (min_lr: learning_rate x its min_lr_ratio)
-    learning_rate=None, min_lr=None, warmup_iters=None, weight_decay=None,
-    beta1=None, beta2=None, eps=None, grad_clip=None,
-    min_lr_ratio=None,          # min_lr as a fraction of learning_rate, which follows the LR (if min_lr is not given)
-    warmup_frac=None,           # warm up over this fraction of max_iters instead of warmup_iters
-    decay_lr=True,              # cosine decay to min_lr after warmup; false: constant learning_rate (nanoGPT's)
+    # AdamW and the LR schedule: None means the model's RECIPE
+    learning_rate=None,
+    warmup=None,                # steps (100), or a share of max_iters (20%)
+    min_lr_ratio=None,          # the cosine decays to learning_rate x min_lr_ratio
+    weight_decay=None, beta1=None, beta2=None, eps=None, grad_clip=None,
+    decay_lr=True,              # cosine decay after warmup; false: constant learning_rate (nanoGPT's)
     max_iters=2000,             # optimizer steps; the cosine schedule decays over all of them
     max_iters_per_launch=0,     # stop (checkpoint, exit) after this many steps; 0: no limit. For job slots
     # system
@@ -96,7 +96,7 @@ PRESETS = {
                 eval_iters=200, log_interval=10, compile=True),
     # paper-like: GPT-2 BPE OpenWebText, context 1k, 512 sequences (0.5M tokens) per step as in the nGPT
     # paper, GPT-2 small's width and depth so that it fits one node; NVIDIA's examples run 10k steps.
-    # The nGPT paper warms GPT up for 2000 steps: add --warmup_iters 2000 for --model gpt.
+    # The nGPT paper warms GPT up for 2000 steps: add --warmup 2000 for --model gpt.
     "owt": dict(dataset="openwebtext", n_layer=12, n_head=12, n_embd=768, block_size=1024,
                 batch_size=16, gradient_accumulation_steps=32, max_iters=10000, eval_interval=1000,
                 eval_iters=100, log_interval=10, compile=True),
@@ -107,7 +107,7 @@ PRESETS = {
                     eval_iters=20, log_interval=10, compile=True),
 }
 SIZE_FIELDS = ("block_size", "vocab_size", "n_layer", "n_head", "n_embd")  # of every Config; set by presets and data
-RECIPE_KEYS = ("learning_rate", "warmup_iters", "weight_decay", "beta1", "beta2", "eps", "grad_clip")
+RECIPE_KEYS = ("learning_rate", "warmup", "min_lr_ratio", "weight_decay", "beta1", "beta2", "eps", "grad_clip")
 # what --resume takes from the new command line, and what compare.py may change in a run it reuses
 SYSTEM_KEYS = ("device", "dtype", "compile", "out_dir", "resume", "max_iters_per_launch", "skip_nonfinite")
 
@@ -155,16 +155,14 @@ def build_parser():
                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--model", required=True, choices=MODELS, help="which model file to train")
     p.add_argument("--preset", choices=PRESETS, help="default: gpu if CUDA is available, else cpu")
-    by_model = lambda key: ", ".join(f"{name} {module.RECIPE[key]:g}" for name, module in MODELS.items())
+    by_model = lambda key: ", ".join(f"{name} {module.RECIPE[key]:g}" if isinstance(module.RECIPE[key], float)
+                                     else f"{name} {module.RECIPE[key]}" for name, module in MODELS.items())
     for key, default in DEFAULTS.items():
         kind = {bool: parse_bool, int: int, float: float}.get(type(default), str)
         help_text = f"default: {default}"
-        if key in RECIPE_KEYS or key in ("min_lr", "min_lr_ratio"):
-            kind = int if key == "warmup_iters" else float
-            help_text = f"default from the model's RECIPE: {by_model(key if key != 'min_lr' else 'min_lr_ratio')}"
-            help_text += " (x learning_rate)" if key == "min_lr" else ""
-        elif key == "warmup_frac":
-            kind, help_text = float, "default: none (warmup_iters); the anGPT paper's GPT+ warms up over 0.2"
+        if key in RECIPE_KEYS:
+            kind = str if key == "warmup" else float
+            help_text = f"default from the model's RECIPE: {by_model(key)}"
         elif key in PRESETS["cpu"]:
             help_text = "default by preset: " + ", ".join(f"{n} {preset[key]}" for n, preset in PRESETS.items())
         elif key == "param_dtype":
@@ -191,6 +189,21 @@ def model_option_value(key, text, default):
         raise ConfigError(f"--{key}: expected {type(default).__name__}, got {text!r}") from None
 
 
+def warmup_value(warmup):
+    """--warmup or RECIPE's warmup as settings hold it: a number of steps (100), or a share of the run ("20%", as
+    Table F.2 writes it); "0%" is 0."""
+    text = str(warmup).strip()
+    try:
+        share = float(text[:-1]) if text.endswith("%") else None
+        value = int(text) if share is None else f"{share:g}%" if share else 0
+    except ValueError:
+        value = share = None
+    if value is None or (share is None and value < 0) or (share is not None and not 0 <= share < 100):
+        raise ConfigError(f"--warmup is a number of steps (100) or a share of the run from 0% to below 100% (20%), "
+                          f"got {warmup}")
+    return value
+
+
 def resolve_settings(argv):
     """Command line -> (settings, the options given on it). Raises ConfigError for a bad value."""
     given = {k: v for k, v in vars(build_parser().parse_args(argv)).items() if v is not None}
@@ -206,10 +219,11 @@ def resolve_settings(argv):
     s.update({k: module.RECIPE[k] for k in RECIPE_KEYS})
     s.update({k: v for k, v in config_fields.items() if k not in SIZE_FIELDS})
     s.update(given, device=device)
-    min_lr_ratio = s["min_lr_ratio"] if s["min_lr_ratio"] is not None else module.RECIPE["min_lr_ratio"]
-    s["min_lr"] = s["min_lr"] if s["min_lr"] is not None else s["learning_rate"] * min_lr_ratio
-    if s["warmup_frac"] is not None:
-        s["warmup_iters"] = round(s["warmup_frac"] * s["max_iters"])
+    # the schedule in steps and learning rates, as get_lr uses it and config.json shows it
+    s["warmup"] = warmup_value(s["warmup"])
+    s["warmup_iters"] = (round(float(s["warmup"][:-1]) / 100 * s["max_iters"]) if isinstance(s["warmup"], str)
+                         else s["warmup"])
+    s["min_lr"] = s["learning_rate"] * s["min_lr_ratio"]
     s["out_dir"] = s["out_dir"] or os.path.join("out", s["model"])
     s["dtype"] = s["dtype"] or ("bfloat16" if device.startswith("cuda") else "float32")
 
@@ -224,8 +238,6 @@ def resolve_settings(argv):
     if s["n_embd"] % s["n_head"] or (s["n_embd"] // s["n_head"]) % 2:
         raise ConfigError(f"n_embd ({s['n_embd']}) must be n_head ({s['n_head']}) times an even head size "
                           f"(rotary embeddings turn pairs of dimensions)")
-    if not 0 <= (s["warmup_frac"] or 0) < 1:
-        raise ConfigError(f"--warmup_frac is a fraction of max_iters, from 0 to below 1, got {s['warmup_frac']}")
     if s["param_dtype"] == "bfloat16" and s["dtype"] != "bfloat16":
         raise ConfigError("--param_dtype bfloat16 needs bf16 autocast: add --dtype bfloat16")
     if not 0 < s["learning_rate"] < math.inf:

@@ -49,8 +49,8 @@ ANGPT = [  # anGPT paper, Table L.1 (0.5B parameters, 10B tokens), and sec. 4.2 
     ("angpt_half_budget", "half token budget", "angpt", [], 4.42, 0.5),
     ("angpt_double_budget", "double token budget", "angpt", [], -2.78, 2),
     ("gpt_qk_f2", "GPT+ for comparison (Table F.2's recipe)", "gpt_qk_f2", [], 1.46),
-    ("angpt_warmup", "anGPT with GPT+'s warmup (20%)", "angpt", ["--warmup_frac", "0.2"], None),
-    ("gpt_qk_f2_no_warmup", "GPT+ without warmup", "gpt_qk_f2", ["--warmup_frac", "0"], None),
+    ("angpt_warmup", "anGPT with GPT+'s warmup (20%)", "angpt", ["--warmup", "20%"], None),
+    ("gpt_qk_f2_no_warmup", "GPT+ without warmup", "gpt_qk_f2", ["--warmup", "0"], None),
 ]
 NGPT = [  # nGPT paper, Table 4 (s_init, s_scale), Table 5 (vectors as learned scalars or fixed values), Table 6
     ("ngpt", "nGPT", "ngpt", [], 0.0),

@@ -45,7 +45,7 @@ import numpy as np
 import compare
 import train
 
-LOG_X_OPTIONS = ("learning_rate", "min_lr", "batch_size", "gradient_accumulation_steps", "block_size", "max_iters")
+LOG_X_OPTIONS = ("learning_rate", "batch_size", "gradient_accumulation_steps", "block_size", "max_iters")
 TOKEN_BUDGET_OPTIONS = ("batch_size", "gradient_accumulation_steps")  # swept at a fixed token budget
 COUNT_OPTIONS = (*TOKEN_BUDGET_OPTIONS, "block_size", "max_iters")  # whose values are positive integers
 RISE_FRACTION = 0.5  # a run whose val loss climbs back more than this part of what it had gained has diverged
@@ -113,8 +113,9 @@ def point_argv(key, seed, value, lr, args, rest):
         scale = ref[option] / int(value)
         iters = max(1, round(ref["max_iters"] * scale))
         # eval_iters too, so that every point is evaluated on about as many validation sequences
-        for name, least in (("eval_interval", 1), ("eval_iters", 1), ("warmup_iters", 0)):
-            extra += [f"--{name}", str(max(least, round(ref[name] * scale)))]
+        for option_name, name, least in (("eval_interval", "eval_interval", 1), ("eval_iters", "eval_iters", 1),
+                                         ("warmup", "warmup_iters", 0)):  # warmup: its steps, scaled
+            extra += [f"--{option_name}", str(max(least, round(ref[name] * scale)))]
     elif option == "block_size":
         extra += ["--batch_size", str(args.tokens_per_step // int(value)), "--gradient_accumulation_steps", "1"]
     if lr:
@@ -505,7 +506,7 @@ def parse_sweep(p, args, rest):
         p.error(f"--sweep {option}: give its values here only")
     if option in COUNT_OPTIONS and not all(v.isdigit() and int(v) > 0 for v in values):
         p.error(f"--sweep {option}: the values must be positive integers, got {','.join(values)}")
-    if args.tune_lr and option in ("learning_rate", "min_lr"):
+    if args.tune_lr and option == "learning_rate":
         p.error(f"--tune_lr tunes the learning rate at each value of another option; drop it to sweep {option}")
     for text in args.lr_grid:
         value, _, factors = text.rpartition("=")

@@ -82,7 +82,7 @@ def two_runs(char_dataset, tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     for folder, extra in (("a", []), ("b", ["--qk_norm", "true", "--learning_rate", "8e-3"])):
         train.main(["--model", "gpt", *SHORT, "--data_dir", data_dir, "--dataset", name,
-                    "--out_dir", str(root / folder), "--warmup_iters", "0", *extra])
+                    "--out_dir", str(root / folder), "--warmup", "0", *extra])
     return root
 
 

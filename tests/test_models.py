@@ -29,7 +29,7 @@ def test_every_model_file_has_the_shared_interface(name):
     assert dataclasses.is_dataclass(module.Config)
     fields = {f.name for f in dataclasses.fields(module.Config)}
     assert set(train.SIZE_FIELDS) <= fields
-    assert set(module.RECIPE) == {"learning_rate", "min_lr_ratio", "warmup_iters", "weight_decay",
+    assert set(module.RECIPE) == {"learning_rate", "min_lr_ratio", "warmup", "weight_decay",
                                   "beta1", "beta2", "eps", "grad_clip"}
     for method in ("forward", "optimizer_groups", "after_step", "generate", "num_params"):
         assert callable(getattr(module.Model, method))

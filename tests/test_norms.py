@@ -220,7 +220,7 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-RECIPE = dict(learning_rate=1e-3, min_lr_ratio=0.0, warmup_iters=0, weight_decay=0.0, beta1=0.9, beta2=0.95,
+RECIPE = dict(learning_rate=1e-3, min_lr_ratio=0.0, warmup=0, weight_decay=0.0, beta1=0.9, beta2=0.95,
               eps=1e-8, grad_clip=1.0)
 
 

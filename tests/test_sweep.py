@@ -40,7 +40,7 @@ def lr_sweep(char_dataset, tmp_path_factory):
     data_dir, name = char_dataset
     out = tmp_path_factory.mktemp("lr_sweep")
     argv = ["--sweep", "learning_rate=2e-3,1e30", "--models", "gpt,ngpt", "--seeds", "1", "--iters", "6",
-            "--warmup_iters", "0", "--out_dir", str(out), *FEW, "--data_dir", data_dir, "--dataset", name]
+            "--warmup", "0", "--out_dir", str(out), *FEW, "--data_dir", data_dir, "--dataset", name]
     return argv, out, sweep.main(argv)
 
 

@@ -32,15 +32,20 @@ def test_settings_come_from_preset_then_recipe_then_command_line():
     assert s["out_dir"] == "out/gpt"
 
 
-def test_warmup_frac_and_min_lr_ratio_follow_the_run_length_and_the_learning_rate():
+def test_a_warmup_share_and_min_lr_ratio_follow_the_run_length_and_the_learning_rate():
     # the anGPT paper's recipe for GPT+ (Table F.2): warmup over 20% of the run, decay to 0.01x the peak LR
     s, _ = train.resolve_settings(["--model", "gpt", "--device", "cpu", "--max_iters", "500", "--learning_rate",
-                                   "4e-3", "--warmup_frac", "0.2", "--min_lr_ratio", "0.01"])
-    assert (s["warmup_iters"], s["min_lr"]) == (100, pytest.approx(4e-5))
+                                   "4e-3", "--warmup", "20%", "--min_lr_ratio", "0.01"])
+    assert (s["warmup"], s["warmup_iters"], s["min_lr"]) == ("20%", 100, pytest.approx(4e-5))
     assert train.get_lr(99, s) < s["learning_rate"] and train.get_lr(100, s) == pytest.approx(s["learning_rate"])
     assert train.get_lr(500, s) == pytest.approx(4e-5)
-    with pytest.raises(train.ConfigError, match="--warmup_frac"):
-        train.resolve_settings(["--model", "gpt", "--device", "cpu", "--warmup_frac", "20"])
+    # a number of steps stays one, whatever the run's length; 0% is no warmup
+    for text, steps in (("30", 30), ("0%", 0)):
+        s, _ = train.resolve_settings(["--model", "gpt", "--device", "cpu", "--max_iters", "500", "--warmup", text])
+        assert s["warmup_iters"] == steps
+    for bad in ("20.5", "100%", "-3", "a%"):
+        with pytest.raises(train.ConfigError, match="--warmup is a number of steps"):
+            train.resolve_settings(["--model", "gpt", "--device", "cpu", "--warmup", bad])
 
 
 def test_help_shows_the_defaults_of_every_preset_and_model():
@@ -115,7 +120,7 @@ def test_a_run_writes_the_log_the_config_and_a_checkpoint(tiny_run):
 
 
 def test_loss_goes_down_in_a_short_run(char_dataset, tmp_path):
-    final = train_tiny(char_dataset, tmp_path, "--max_iters", "60", "--eval_interval", "60", "--warmup_iters", "0")
+    final = train_tiny(char_dataset, tmp_path, "--max_iters", "60", "--eval_interval", "60", "--warmup", "0")
     first_eval = read_log(tmp_path)[0]
     assert first_eval["val_loss"] > 3.8 and final["val_loss"] < first_eval["val_loss"] - 0.8
 
@@ -125,7 +130,7 @@ def test_resume_continues_with_the_same_losses_as_an_uninterrupted_run(char_data
     # stopped at step 6 of 12, when every model's LR is already decaying: nGPT and anGPT have no warmup, and
     # GPT's is cut to 2 steps
     common = ["--max_iters", "12", "--eval_interval", "4", "--log_interval", "1", "--model", model,
-              *(["--warmup_iters", "2"] if model == "gpt" else [])]
+              *(["--warmup", "2"] if model == "gpt" else [])]
     train_tiny(char_dataset, tmp_path / "whole", *common)
     stopped = train_tiny(char_dataset, tmp_path / "parts", *common, "--max_iters_per_launch", "6")
     assert stopped["stopped"] and torch.load(tmp_path / "parts" / "ckpt.pt", weights_only=True)["iter_num"] == 6
@@ -260,10 +265,10 @@ def test_eval_records_carry_saturation_and_head_statistics_per_layer(tiny_run):
 
 
 def test_decay_lr_false_keeps_the_learning_rate_constant_after_warmup():
-    s = train.resolve_settings(["--model", "gpt", "--decay_lr", "false", "--warmup_iters", "10"])[0]
+    s = train.resolve_settings(["--model", "gpt", "--decay_lr", "false", "--warmup", "10"])[0]
     assert train.get_lr(4, s) < s["learning_rate"]
     assert [train.get_lr(it, s) for it in (10, 500, s["max_iters"])] == [s["learning_rate"]] * 3
-    decayed = train.resolve_settings(["--model", "gpt", "--warmup_iters", "10"])[0]
+    decayed = train.resolve_settings(["--model", "gpt", "--warmup", "10"])[0]
     assert train.get_lr(decayed["max_iters"], decayed) == decayed["min_lr"]
 
 
@@ -343,7 +348,7 @@ def assert_losses_equal(whole, parts):
 # ----------------------------------------------------------------------------- non-finite numbers
 
 def test_a_non_finite_loss_stops_the_run_naming_the_step_and_the_last_good_checkpoint(char_dataset, tmp_path):
-    result = run_script("train.py", *tiny_args(char_dataset, tmp_path, "--learning_rate", "1e30", "--warmup_iters",
+    result = run_script("train.py", *tiny_args(char_dataset, tmp_path, "--learning_rate", "1e30", "--warmup",
                                                "0", "--max_iters", "30", "--eval_interval", "10", "--log_interval", "5"))
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
