@@ -25,7 +25,7 @@ the forward, so that Adam's steps on them are s_init/s_scale times larger in eff
   s_z        s_z.weight                            (vocab_size,)            1                   0.01
   g          transformer.h.{l}.attn.g.weight       (1,), or (n_head,)       sqrt(d_head)        (not a Scale)
   nu_uz      MLP.nu_uz                             sqrt(n_embd / (4 n_embd)) = 1/2
-  nu(alpha)  step_near_sphere()                    from the current alpha, every forward
+  nu(alpha)  Block.step()                           from the current alpha, every forward
 nu_qkv = sqrt(d_model/d_head), nu_p = 1, nu_acf = 3.74 and nu_d = sqrt(d_ff/d_model) multiply vectors that are
 normalized next, which a positive constant changes neither in value nor in gradient: each is named at its line.
 
@@ -157,8 +157,6 @@ class MLP(nn.Module):
         # nu_uz = sqrt(d_model/d_ff) (App. E): it sets the scale of the gate's input z, which enters SiLU. Of the
         # constant factors it is the one not followed by a norm, so Table L.1's "const. norm factor" ablations act here
         self.nu_uz = math.sqrt(config.n_embd / (4 * config.n_embd)) * config.const_factor_mult
-        if not config.const_factors:  # Table L.1, "no const. norm factors"
-            self.nu_uz = 1.0
 
     def forward(self, x):
         # u, z <- W_uz h nu_uz, computed as W_uz (h nu_uz): the same numbers, with x 8 times narrower than u, z
@@ -167,47 +165,40 @@ class MLP(nn.Module):
         return self.c_proj(u * F.silu(z))
 
 
-def step_near_sphere(h, h_block, alpha, residual_factor=True, factor_mult=1.0):
-    """h <- (h + alpha (h_block - h)) nu(alpha): a step of size alpha from h toward h_block, rescaled by a constant.
-
-    For independent unit h and h_block, E||h + alpha (h_block - h)||^2 = (1 - alpha)^2 + alpha^2 (sec. 4.2), so
-    nu(alpha) = 1/sqrt(alpha^2 + (1 - alpha)^2) (App. E) brings it back to about unit norm: elementwise for the
-    per-channel alpha, and recomputed from the current alpha every forward. Table L.1's ablations: without the
-    residual_factor the step is the plain interpolation (nu = 1), and factor_mult multiplies nu(alpha).
-    """
-    nu = torch.rsqrt(alpha ** 2 + (1 - alpha) ** 2) if residual_factor else torch.ones_like(alpha)
-    nu = nu * factor_mult
-    # (h + alpha (h_block - h)) nu = h (1 - alpha) nu + h_block alpha nu: one multiply and one fused multiply-add
-    return torch.addcmul(h * ((1 - alpha) * nu), h_block, alpha * nu)
-
-
 class Block(nn.Module):
 
     def __init__(self, config):
         super().__init__()
         self.attn = CausalSelfAttention(config)
         self.mlp = MLP(config)
-        self.lerp, self.residual_factor, self.factor_mult = (config.lerp, config.residual_factor,
-                                                             config.residual_factor_mult)
-        # "no LERP" read with a residual factor too: E||h + h_block||^2 = 2 for independent unit vectors (App. E)
-        self.sum_factor = 1 / math.sqrt(2) if config.no_lerp_nu else 1.0
-        if self.lerp:  # the interpolation weights alpha_a and alpha_m: per-channel step sizes toward the block outputs
+        self.config = config
+        if config.lerp:  # the interpolation weights alpha_a and alpha_m: per-channel step sizes toward the block outputs
             self.alpha_attn = Scale(config.n_embd, config.alpha_init, config.s_scale)
             self.alpha_mlp = Scale(config.n_embd, config.alpha_init, config.s_scale)
         else:
             self.alpha_attn = self.alpha_mlp = None
 
-    def residual(self, h, h_block, alpha):
-        if not self.lerp:  # Table L.1, "no LERP": the plain residual sum, without alpha and nu(alpha)
-            return (h + h_block) * self.sum_factor
-        # abs() keeps alpha positive, as nGPT's
-        return step_near_sphere(h, h_block, alpha().abs(), self.residual_factor, self.factor_mult)
-
     def forward(self, h, tables):
         # Table 1: h_a <- norm(h_a), h <- (h + alpha_a (h_a - h)) nu(alpha_a), then the same with h_m and alpha_m
-        h = self.residual(h, norm(self.attn(h, tables)), self.alpha_attn)
-        h = self.residual(h, norm(self.mlp(h)), self.alpha_mlp)
+        h = self.step(h, norm(self.attn(h, tables)), self.alpha_attn)
+        h = self.step(h, norm(self.mlp(h)), self.alpha_mlp)
         return h
+
+    def step(self, h, h_block, alpha):
+        """h <- (h + alpha (h_block - h)) nu(alpha): a step of size alpha from h toward h_block, rescaled by a constant.
+
+        For independent unit h and h_block, E||h + alpha (h_block - h)||^2 = (1 - alpha)^2 + alpha^2 (sec. 4.2), so
+        nu(alpha) = 1/sqrt(alpha^2 + (1 - alpha)^2) (App. E) brings it back to about unit norm: elementwise for the
+        per-channel alpha, and recomputed from the current alpha every forward.
+        """
+        c = self.config
+        if not c.lerp:  # Table L.1, "no LERP": the plain residual sum, or over sqrt(2), as E||h + h_block||^2 = 2
+            return (h + h_block) * (1 / math.sqrt(2) if c.no_lerp_nu else 1.0)
+        alpha = alpha().abs()  # abs() keeps alpha positive, as nGPT's
+        # Table L.1: "no residual norm factor" is the plain interpolation, "all norm factors x0.5, x2.0" scale nu
+        nu = (torch.rsqrt(alpha ** 2 + (1 - alpha) ** 2) if c.residual_factor else 1.0) * c.residual_factor_mult
+        # (h + alpha (h_block - h)) nu = h (1 - alpha) nu + h_block alpha nu: one multiply and one fused multiply-add
+        return torch.addcmul(h * ((1 - alpha) * nu), h_block, alpha * nu)
 
 
 @dataclass
@@ -225,8 +216,8 @@ class Config:
     lerp: bool = True          # false: "no LERP", each residual step is the plain sum h + h_block
     no_lerp_nu: bool = False   # with lerp false: (h + h_block) / sqrt(2), the sum's own norm factor
     residual_factor: bool = True  # false: "no residual norm factor", the step is the plain interpolation
-    const_factors: bool = True  # false: "no const. norm factors", nu_uz = 1
-    const_factor_mult: float = 1.0     # "const. norm factor x0.5, x2.0": nu_uz times this
+    const_factor_mult: float = 1.0     # "const. norm factor x0.5, x2.0": nu_uz times this; 2 is "no const. norm
+                                       # factors" too, as nu_uz = 1/2 is the one constant not followed by a norm
     residual_factor_mult: float = 1.0  # with const_factor_mult, "all norm factors x0.5, x2.0": nu(alpha) times this
 
 

@@ -35,7 +35,7 @@ Choices where the paper and the official code differ, or where either is unclear
     code. The paper scales only v by sqrt(n_embd). The two define the same function of the parameters: the
     MLP output is linear in u, so a uniform factor on u is removed by the normalization of the output.
   - h <- Norm(h + alpha (Norm(block(h)) - h)) as in eq. (10), with NVIDIA's extra Norm(h) in the mix: a no-op
-    on the value of h, but it changes the gradient that reaches the token embeddings (step_on_sphere).
+    on the value of h, but it changes the gradient that reaches the token embeddings (Block.forward).
   - alpha_init = 0.05, the code's and the paper's value ("in order of 1/n_layers"), not 1/n_layer.
   - Norm(x) = x / ||x|| without an epsilon, as the code (NVIDIA/ngpt issue #7); computed in fp32.
   - Parameters are stored in fp32, as gpt.py's (NVIDIA's code stores the block matrices in bf16 since commit
@@ -187,11 +187,6 @@ class MLP(nn.Module):
         return self.c_proj(u * F.silu(v))
 
 
-def step_on_sphere(h, h_block, alpha):
-    """h <- Norm(h + alpha (h_block - h)): a step of size alpha from h toward h_block, back onto the sphere."""
-    return norm(torch.lerp(h, h_block, alpha))  # lerp(a, b, w) = a + w (b - a), in one op
-
-
 class Block(nn.Module):
 
     def __init__(self, config):
@@ -203,11 +198,12 @@ class Block(nn.Module):
         self.alpha_mlp = Scale(config.n_embd, config.alpha_init, config.base_scale, config.alpha_kind)
 
     def forward(self, h, tables):
-        # eq. (10-11), h_A = Norm(Attn(h)) and h_M = Norm(MLP(h)); abs() keeps the eigen learning rates positive (the
-        # paper reports the same results for signed ones, appendix A.2). Norm(h) in the first step, as NVIDIA's code:
-        # the same value, but its backward removes the gradient's component along h, which the token embeddings see
-        h = step_on_sphere(norm(h), norm(self.attn(h, tables)), self.alpha_attn().abs())
-        h = step_on_sphere(h, norm(self.mlp(h)), self.alpha_mlp().abs())
+        # eq. (10-11): h <- Norm(h + alpha_A (h_A - h)), h_A = Norm(Attn(h)), then the same with h_M = Norm(MLP(h));
+        # torch.lerp(a, b, w) = a + w (b - a) in one op. abs() keeps the eigen learning rates positive (the paper
+        # reports the same results for signed ones, appendix A.2). Norm(h) in the first step, as NVIDIA's code: the
+        # same value, but its backward removes the gradient's component along h, which the token embeddings see
+        h = norm(torch.lerp(norm(h), norm(self.attn(h, tables)), self.alpha_attn().abs()))
+        h = norm(torch.lerp(h, norm(self.mlp(h)), self.alpha_mlp().abs()))
         return h
 
 

@@ -515,7 +515,7 @@ def build_model(run, checkpoint):
     s, module = run.s, MODELS[run.s["model"]]
     model_args = {f.name: s[f.name] for f in dataclasses.fields(module.Config) if f.name in s}
     model_args["vocab_size"] = run.data.vocab_size
-    if checkpoint is not None and model_args != checkpoint["model_config"]:
+    if checkpoint is not None and model_args["vocab_size"] != checkpoint["model_config"]["vocab_size"]:
         raise ConfigError(f"--resume: the data in {run.data.folder} gives vocab_size {run.data.vocab_size}, but the "
                           f"checkpoint was trained with {checkpoint['model_config']['vocab_size']}")
     torch.manual_seed(s["seed"])

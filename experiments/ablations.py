@@ -36,14 +36,14 @@ from experiments import sweep
 ANGPT = [  # anGPT paper, Table L.1 (0.5B parameters, 10B tokens), and sec. 4.2 and App. B on warmup
     ("angpt", "anGPT", "angpt", [], 0.0),
     ("angpt_const_x0.5", "const. norm factor x0.5", "angpt", ["--const_factor_mult", "0.5"], 0.34),
-    ("angpt_const_x2", "const. norm factor x2.0", "angpt", ["--const_factor_mult", "2"], 0.12),
     ("angpt_all_x0.5", "all norm factors x0.5", "angpt",
      ["--const_factor_mult", "0.5", "--residual_factor_mult", "0.5"], 200.0),
     ("angpt_all_x2", "all norm factors x2.0", "angpt", ["--const_factor_mult", "2", "--residual_factor_mult", "2"],
      "NaN"),
-    ("angpt_no_const", "no const. norm factors", "angpt", ["--const_factors", "false"], 1.09),
+    ("angpt_no_const", "no const. norm factors, = const. norm factor x2.0", "angpt", ["--const_factor_mult", "2"],
+     1.09),
     ("angpt_no_residual", "no residual norm factor nu(alpha)", "angpt", ["--residual_factor", "false"], 3.04),
-    ("angpt_no_factors", "no norm factors", "angpt", ["--const_factors", "false", "--residual_factor", "false"], 3.02),
+    ("angpt_no_factors", "no norm factors", "angpt", ["--const_factor_mult", "2", "--residual_factor", "false"], 3.02),
     ("angpt_no_lerp", "no LERP (h + h_block)", "angpt", ["--lerp", "false"], 1.89),
     ("angpt_no_lerp_nu", "no LERP, (h + h_block)/sqrt(2)", "angpt", ["--lerp", "false", "--no_lerp_nu", "true"], 1.89),
     ("angpt_half_budget", "half token budget", "angpt", [], 4.42, 0.5),
@@ -89,6 +89,10 @@ DTYPE = [(f"{key}_{dtype}", f"{compare.label(key)}, {name}", key, ["--dtype", "b
           None) for key in ("gpt", "gpt_qk", "ngpt") for dtype, name in (("float32", "fp32 weights"),
                                                                         ("bfloat16", "bf16 weights"))]
 TABLES = {"angpt": ANGPT, "ngpt": NGPT, "dtype": DTYPE}
+# what a table's rows need said beyond their labels
+NOTES = {"angpt": "Table L.1's rows \"no const. norm factors\" and \"const. norm factor x2.0\" (paper +0.12%) are one "
+                  "model here: of the constant factors only nu_uz = sqrt(d_model/d_ff) = 1/2 is not followed by a "
+                  "norm (the others cancel in it), and x2 makes it 1. \"No norm factors\" is x2.0 without nu(alpha)."}
 TITLES = {"angpt": "anGPT: Table L.1 of its paper, and warmup", "ngpt": "nGPT: Tables 4 to 6 of its paper",
           "dtype": "Parameter storage: the block matrices in fp32 or bf16 (bf16 autocast in every run)"}
 
@@ -183,7 +187,7 @@ def markdown(tables, speedups):
             switch = switch or "(the full model)"
             lines.append(f"| {r['label']} | {switch} | {len(r['seeds'])} | {loss} | {change} | "
                          f"{fmt_paper(r['paper'])} |")
-        lines.append("")
+        lines += ["", NOTES[table], ""] if table in NOTES else [""]
     if speedups:
         lines += ["nGPT's speedup (steps to the baseline's final loss, mean curves over seeds):", "",
                   "| block matrices | over GPT | over GPT+ |", "|---|---|---|"]

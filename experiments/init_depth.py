@@ -43,7 +43,7 @@ def measure(model, x, y):
         e = model.transformer.wte(x)
         for block in model.transformer.h:
             zero = torch.zeros_like(e)
-            e = block.residual(block.residual(e, zero, block.alpha_attn), zero, block.alpha_mlp)
+            e = block.step(block.step(e, zero, block.alpha_attn), zero, block.alpha_mlp)
         h = hidden[0]
         grad_norm = lambda module: torch.cat([p.grad.flatten() for p in module.parameters() if p.grad is not None]
                                              ).norm().item()

@@ -53,11 +53,11 @@ def test_without_lerp_each_residual_step_is_the_plain_sum():
 
 def test_without_the_residual_factor_the_step_is_the_plain_interpolation():
     h, h_block, alpha = torch.randn(3, 8), torch.randn(3, 8), torch.rand(8)
-    assert torch.allclose(angpt.step_near_sphere(h, h_block, alpha, residual_factor=False), torch.lerp(h, h_block, alpha))
+    step = lambda **options: angpt.Block(angpt.Config(n_embd=8, n_head=2, **options)).step(h, h_block, lambda: alpha)
     nu = 1 / torch.sqrt(alpha ** 2 + (1 - alpha) ** 2)
-    assert torch.allclose(angpt.step_near_sphere(h, h_block, alpha), torch.lerp(h, h_block, alpha) * nu)
-    assert torch.allclose(angpt.step_near_sphere(h, h_block, alpha, factor_mult=2.0),
-                          torch.lerp(h, h_block, alpha) * nu * 2)
+    assert torch.allclose(step(residual_factor=False), torch.lerp(h, h_block, alpha))
+    assert torch.allclose(step(), torch.lerp(h, h_block, alpha) * nu)
+    assert torch.allclose(step(residual_factor_mult=2.0), torch.lerp(h, h_block, alpha) * nu * 2)
 
     full, plain = tiny(angpt), tiny(angpt, residual_factor=False)
     idx = torch.randint(0, VOCAB, (2, 16))
@@ -72,8 +72,8 @@ def test_without_the_residual_factor_the_step_is_the_plain_interpolation():
 
 def test_the_constant_factor_switches_act_on_nu_uz_the_one_not_followed_by_a_norm():
     assert tiny(angpt).transformer.h[0].mlp.nu_uz == pytest.approx(0.5)
-    assert tiny(angpt, const_factor_mult=2.0).transformer.h[0].mlp.nu_uz == pytest.approx(1.0)
-    assert tiny(angpt, const_factors=False).transformer.h[0].mlp.nu_uz == 1.0
+    # x2 is also Table L.1's "no const. norm factors": nu_uz = 1
+    assert tiny(angpt, const_factor_mult=2.0).transformer.h[0].mlp.nu_uz == 1.0
 
 
 def test_all_factors_x2_makes_the_hidden_norm_grow_with_depth_at_init_and_the_full_model_keeps_it_near_one():

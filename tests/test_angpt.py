@@ -49,19 +49,19 @@ def inside_the_forward(model, idx, monkeypatch):
     """What the forward computes on its way: per block the mean ||h|| after it, the q and k that reach the attention
     with each head's gain g, and the block outputs h_a, h_m that the residual steps receive."""
     seen = dict(h=[], q=[], k=[], g=[], block_outputs=[])
-    sdpa, step = F.scaled_dot_product_attention, angpt.step_near_sphere
+    sdpa, step = F.scaled_dot_product_attention, angpt.Block.step
 
     def attention(q, k, v, **kwargs):
         seen["q"].append(q.detach())
         seen["k"].append(k.detach())
         return sdpa(q, k, v, **kwargs)
 
-    def residual_step(h, h_block, *args):
+    def residual_step(block, h, h_block, alpha):
         seen["block_outputs"].append(h_block.detach())
-        return step(h, h_block, *args)
+        return step(block, h, h_block, alpha)
 
     monkeypatch.setattr(F, "scaled_dot_product_attention", attention)
-    monkeypatch.setattr(angpt, "step_near_sphere", residual_step)
+    monkeypatch.setattr(angpt.Block, "step", residual_step)
     hooks = [block.register_forward_hook(lambda m, a, out: seen["h"].append(out.norm(dim=-1).mean().item()))
              for block in model.transformer.h]
     with torch.no_grad():
@@ -141,8 +141,8 @@ def test_the_forward_computes_four_norms_per_block_and_none_on_the_residual_stre
 
 def test_the_counter_sees_a_norm_added_to_the_residual_stream(monkeypatch):
     # the count above can fail: with a norm after every residual step (nGPT's), it sees two more per block
-    step = angpt.step_near_sphere
-    monkeypatch.setattr(angpt, "step_near_sphere", lambda *args: angpt.norm(step(*args)))
+    step = angpt.Block.step
+    monkeypatch.setattr(angpt.Block, "step", lambda block, *args: angpt.norm(step(block, *args)))
     model = tiny_model(n_layer=3)
     with CountNorms() as counter:
         model(torch.randint(0, VOCAB, (2, 16)))
@@ -212,8 +212,9 @@ def test_the_residual_factor_keeps_independent_unit_vectors_at_unit_norm():
     # sec. 4.2: E||(1 - a) h + a h_a||^2 = (1 - a)^2 + a^2 for independent unit h, h_a; nu(a) undoes it, per channel
     g = torch.Generator().manual_seed(0)
     h, h_block = (F.normalize(torch.randn(256, 1024, generator=g), dim=-1) for _ in range(2))
+    block = angpt.Block(angpt.Config(n_embd=1024, n_head=16))
     for alpha in (0.01, 0.05, 0.3, 0.5, 0.9):
-        mixed = angpt.step_near_sphere(h, h_block, torch.full((1024,), alpha))
+        mixed = block.step(h, h_block, lambda: torch.full((1024,), alpha))
         assert abs(mixed.norm(dim=-1).mean().item() - 1.0) < 0.01, alpha
 
 
