@@ -172,7 +172,7 @@ class Block(nn.Module):
         self.attn = CausalSelfAttention(config)
         self.mlp = MLP(config)
         self.config = config
-        if config.lerp:  # the interpolation weights alpha_a and alpha_m: per-channel step sizes toward the block outputs
+        if config.lerp:  # the interpolation weights alpha_a, alpha_m: per-channel step sizes toward the block outputs
             self.alpha_attn = Scale(config.n_embd, config.alpha_init, config.s_scale)
             self.alpha_mlp = Scale(config.n_embd, config.alpha_init, config.s_scale)
         else:

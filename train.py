@@ -13,7 +13,8 @@ $ torchrun --standalone --nproc_per_node=8 train.py --model angpt --preset owt
 
 Settings are resolved in this order, later ones winning: DEFAULTS, the preset (sizes, data, length of the run;
 picked by the device unless --preset says otherwise), the model file's RECIPE (each paper's optimizer settings),
-the model's Config defaults (model options such as --rope), then the command line, as --key value or --key=value:
+the model's Config defaults (model options such as --qk_norm or --rope_fraction), then the command line, as
+--key value or --key=value:
 $ python train.py --model ngpt --max_iters 500 --learning_rate 4e-3 --out_dir out/ngpt-short
 
 Each run writes into --out_dir (default out/<model>):
@@ -31,6 +32,7 @@ import argparse
 import dataclasses
 import datetime
 import difflib
+import importlib.util
 import json
 import math
 import os
@@ -84,6 +86,10 @@ DEFAULTS = dict(
     compile=False,
     seed=1337,
     skip_nonfinite=0,           # skip up to this many steps whose loss or gradient is not finite; 0: stop at the first
+    # experiment tracking (optional: pip install wandb), as nanoGPT's
+    wandb_log=False,            # send every log record to wandb
+    wandb_project="normalized-transformers",
+    wandb_run_name=None,        # default: the name of out_dir
 )
 PRESETS = {
     # nanoGPT README's laptop run: 4 layers, 4 heads, width 128, context 64, batch 12, 2000 iterations
@@ -109,7 +115,8 @@ PRESETS = {
 SIZE_FIELDS = ("block_size", "vocab_size", "n_layer", "n_head", "n_embd")  # of every Config; set by presets and data
 RECIPE_KEYS = ("learning_rate", "warmup", "min_lr_ratio", "weight_decay", "beta1", "beta2", "eps", "grad_clip")
 # what --resume takes from the new command line, and what compare.py may change in a run it reuses
-SYSTEM_KEYS = ("device", "dtype", "compile", "out_dir", "resume", "max_iters_per_launch", "skip_nonfinite")
+SYSTEM_KEYS = ("device", "dtype", "compile", "out_dir", "resume", "max_iters_per_launch", "skip_nonfinite",
+               "wandb_log", "wandb_project", "wandb_run_name")
 
 
 class ConfigError(Exception):
@@ -150,6 +157,13 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see: {how} --help)\n")
 
 
+# the help of the options whose default alone says too little
+HELP = dict(out_dir="default: out/<model>", device="cpu, cuda, cuda:N or mps (default: cuda if available)",
+            dtype="bfloat16 autocast or float32 (default: bfloat16 on CUDA, float32 on CPU)",
+            param_dtype="bfloat16: the blocks' matrices stored and stepped by AdamW in bf16 (NVIDIA's nGPT code); "
+                        "needs --dtype bfloat16")
+
+
 def build_parser():
     p = Parser(prog="train.py", description="Train GPT, nGPT or anGPT with one shared loop.",
                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -159,21 +173,14 @@ def build_parser():
                                      else f"{name} {module.RECIPE[key]}" for name, module in MODELS.items())
     for key, default in DEFAULTS.items():
         kind = {bool: parse_bool, int: int, float: float}.get(type(default), str)
-        help_text = f"default: {default}"
+        help_text = HELP.get(key, f"default: {default}")
         if key in RECIPE_KEYS:
-            kind = str if key == "warmup" else float
-            help_text = f"default from the model's RECIPE: {by_model(key)}"
+            kind, help_text = (str if key == "warmup" else float), f"default from the model's RECIPE: {by_model(key)}"
         elif key in PRESETS["cpu"]:
             help_text = "default by preset: " + ", ".join(f"{n} {preset[key]}" for n, preset in PRESETS.items())
-        elif key == "param_dtype":
-            help_text = ("float32, or bfloat16: the blocks' weight matrices stored and stepped by AdamW in bf16, the "
-                         "gains and scales in fp32 (NVIDIA's nGPT code); needs --dtype bfloat16")
-        elif key in ("out_dir", "device", "dtype"):
-            help_text = dict(out_dir="default: out/<model>", device="cpu, cuda or cuda:N (default: cuda if available)",
-                             dtype="float32 or bfloat16 (autocast; default: bfloat16 on CUDA, float32 on CPU)")[key]
-        extra = dict(resume=dict(nargs="?", const=True), dtype=dict(choices=("float32", "bfloat16")),
-                     param_dtype=dict(choices=("float32", "bfloat16"))).get(key, {})
-        p.add_argument(f"--{key}", type=kind, help=help_text, **extra)
+        extra = dict(choices=("float32", "bfloat16")) if key in ("dtype", "param_dtype") else {}
+        p.add_argument(f"--{key}", type=kind, help=help_text, **extra, **(dict(nargs="?", const=True)
+                                                                           if key == "resume" else {}))
     for key, defaults in model_options().items():
         # read as text: two models may type one option differently; resolve_settings converts it for the model
         p.add_argument(f"--{key}", help="model option of " + ", ".join(f"{name} (default: {default})"
@@ -227,10 +234,12 @@ def resolve_settings(argv):
     s["out_dir"] = s["out_dir"] or os.path.join("out", s["model"])
     s["dtype"] = s["dtype"] or ("bfloat16" if device.startswith("cuda") else "float32")
 
-    if not (device == "cpu" or device.startswith("cuda")):
-        raise ConfigError(f"--device {device} is not supported; use cpu, cuda or cuda:N")
+    if not (device in ("cpu", "mps") or device.startswith("cuda")):
+        raise ConfigError(f"--device {device} is not supported; use cpu, cuda, cuda:N or mps")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"--device {device} was asked for but CUDA is not available; use --device cpu")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("--device mps was asked for but MPS (Apple's GPU) is not available; use --device cpu")
     for key in ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "gradient_accumulation_steps",
                 "eval_interval", "eval_iters", "log_interval", "max_iters"):
         if s[key] < (0 if key == "max_iters" else 1):
@@ -240,6 +249,8 @@ def resolve_settings(argv):
                           f"(rotary embeddings turn pairs of dimensions)")
     if s["param_dtype"] == "bfloat16" and s["dtype"] != "bfloat16":
         raise ConfigError("--param_dtype bfloat16 needs bf16 autocast: add --dtype bfloat16")
+    if s["wandb_log"] and importlib.util.find_spec("wandb") is None:
+        raise ConfigError("--wandb_log true needs the wandb package: pip install wandb")
     if not 0 < s["learning_rate"] < math.inf:
         raise ConfigError(f"--learning_rate must be a positive number, got {s['learning_rate']}")
     # the model checks its own options (rope, qk_norm, ...): built on the meta device, which allocates nothing
@@ -343,7 +354,7 @@ def peak_flops(device, dtype):
         if key in name:
             return flops
     a = torch.randn(1024, 1024, device=device, dtype=torch.bfloat16 if dtype == "bfloat16" else torch.float32)
-    sync = torch.cuda.synchronize if device.startswith("cuda") else lambda: None
+    sync = {"cuda": torch.cuda.synchronize, "mps": torch.mps.synchronize}.get(device.split(":")[0], lambda: None)
     fastest = math.inf
     for _ in range(8):  # the first is a warm-up
         sync()
@@ -442,6 +453,7 @@ class Run:
     # freed while its worker thread still holds it
     stop_flag: torch.Tensor = None
     eval_sums: torch.Tensor = None
+    wandb: object = None  # the wandb run of --wandb_log true, on rank 0
 
     @property
     def master(self):
@@ -474,13 +486,14 @@ def setup_run(argv):
         torch.backends.cudnn.allow_tf32 = True
     else:  # denormal floats as zero: trained attention and SiLU tails underflow, where x86 arithmetic is very slow
         torch.set_flush_denormal(True)
-    device_type = "cuda" if s["device"].startswith("cuda") else "cpu"
+    device_type = s["device"].split(":")[0]  # cpu, cuda or mps
     run.autocast = nullcontext() if s["dtype"] == "float32" else torch.autocast(device_type, dtype=torch.bfloat16)
     checkpoint = checkpoint_to_resume(s, given)
     run.data = Data(s, run.master, run.ddp)
     build_model(run, checkpoint)
     if run.master:
         start_output(run, resumed=checkpoint is not None)
+        run.wandb = start_wandb(s) if s["wandb_log"] else None
     return run
 
 
@@ -561,10 +574,19 @@ def start_output(run, resumed):
 # -----------------------------------------------------------------------------
 # The loop's parts: log, checkpoint, evaluation, stopping
 
+def start_wandb(s):
+    """--wandb_log true: a wandb run of these settings, which log() sends each record's numbers to."""
+    import wandb  # optional, so imported only here; resolve_settings checked that it is installed
+
+    return wandb.init(project=s["wandb_project"], name=s["wandb_run_name"] or Path(s["out_dir"]).name, config=s)
+
+
 def log(run, record):
     if run.master:
         with open(run.out_dir / "log.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
+        if run.wandb:
+            run.wandb.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=record["iter"])
 
 
 def save(run):
@@ -757,6 +779,8 @@ def main(argv=None):
     final = train(run, signals)
     for sig, handler in previous_handlers.items():
         signal.signal(sig, handler)
+    if run.wandb:
+        run.wandb.finish()
     if run.master and not final.get("stopped"):
         print(f"done in {datetime.timedelta(seconds=round(time.time() - start))}: final val loss "
               f"{final.get('val_loss', math.nan):.4f}, best {run.best_val_loss:.4f}")

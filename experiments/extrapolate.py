@@ -115,9 +115,8 @@ def evaluate_checkpoint(path, factors, count, device, data_dir=None, keys=None):
     if tokens.max() >= model.config.vocab_size:
         raise ConfigError(f"the validation split in {folder} holds token id {tokens.max()}, but {path} has a "
                           f"vocabulary of {model.config.vocab_size}: other data than it was trained on")
-    limit, rope = position_limit(model), ckpt["model_config"].get("rope")
-    positions = (f"a learned table of {limit} positions" if limit else f"RoPE ({rope}), computed for any length"
-                 if rope else "no learned position table")
+    limit, rope = position_limit(model), ckpt["model_config"].get("rope", "standard")  # anGPT's is standard alone
+    positions = f"a learned table of {limit} positions" if limit else f"RoPE ({rope}), computed for any length"
     print(f"=== {label(key)} {path.parent} (step {ckpt.get('iter_num')}, context {model.config.block_size})")
     return dict(key=key, seed=settings.get("seed"), dir=str(path.parent), step=ckpt.get("iter_num"),
                 dataset=settings["dataset"], block_size=model.config.block_size, positions=positions,

@@ -25,6 +25,10 @@ TINY = ["--n_layer", "2", "--n_head", "2", "--n_embd", "32", "--block_size", "32
         "--eval_iters", "2", "--device", "cpu", "--dtype", "float32"]
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: a test of a minute or more (torch.compile); -m 'not slow' leaves them out")
+
+
 @pytest.fixture(scope="session")
 def tiny_shakespeare(request):
     """The text of tiny Shakespeare: the local copy if there is one, else prepare_data.py's own (karpathy/char-rnn's

@@ -197,6 +197,64 @@ def test_bad_input_exits_with_one_clear_error_line(case, tmp_path):
     assert not out_dir.exists()
 
 
+def test_device_mps_trains_in_fp32_without_compile_where_apple_s_gpu_is_available(monkeypatch):
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    s, _ = train.resolve_settings(["--model", "angpt", "--device", "mps"])
+    assert (s["device"], s["preset"], s["dtype"], s["compile"]) == ("mps", "cpu", "float32", False)
+
+
+def test_device_mps_where_it_is_not_available_is_one_line(tmp_path):
+    if torch.backends.mps.is_available():
+        pytest.skip("this machine has MPS")
+    result = run_script("train.py", "--model", "angpt", "--device", "mps", "--out_dir", str(tmp_path / "out"))
+    assert result.returncode == 2 and result.stderr.strip() == (
+        "train.py: error: --device mps was asked for but MPS (Apple's GPU) is not available; use --device cpu")
+
+
+def wandb_history(path):
+    """The history rows of an offline wandb run file: a 7-byte header, then LevelDB log records in 32 KiB blocks
+    (each a 7-byte header, crc, length and type: 1 a whole record, 2 to 4 its first, middle and last pieces) that
+    hold wandb's protobuf Records."""
+    from wandb.proto import wandb_internal_pb2
+
+    data, pos, part, rows = Path(path).read_bytes(), 7, b"", []
+    while pos + 7 <= len(data):
+        if 32768 - pos % 32768 < 7:  # a block's tail too short for a record header is padding
+            pos += 32768 - pos % 32768
+            continue
+        length, kind = int.from_bytes(data[pos + 4:pos + 6], "little"), data[pos + 6]
+        part, pos = part + data[pos + 7:pos + 7 + length], pos + 7 + length
+        if kind in (1, 4):
+            record, part = wandb_internal_pb2.Record.FromString(part), b""
+            if record.WhichOneof("record_type") == "history":
+                rows.append({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in record.history.item})
+    return rows
+
+
+def test_wandb_log_sends_every_record_to_the_wandb_run(char_dataset, tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")  # no account, no network
+    for folder in ("WANDB_DIR", "WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
+        monkeypatch.setenv(folder, str(tmp_path))
+    train_tiny(char_dataset, tmp_path / "out", "--max_iters", "6", "--eval_interval", "3", "--log_interval", "2",
+               "--wandb_log", "true")
+    [run_file] = (tmp_path / "wandb").glob("offline-run-*/run-*.wandb")
+    rows = wandb_history(run_file)
+    logged = read_log(tmp_path / "out")
+    assert [row["_step"] for row in rows] == sorted({r["iter"] for r in logged})  # a step's records share a row
+    for r in logged:
+        row = next(row for row in rows if row["_step"] == r["iter"])
+        for field in ("loss", "val_loss", "lr"):
+            if field in r:
+                assert row[field] == pytest.approx(r[field])
+
+
+def test_wandb_log_without_wandb_says_how_to_install_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "wandb", None)  # as if not installed
+    with pytest.raises(train.ConfigError, match="^--wandb_log true needs the wandb package: pip install wandb$"):
+        train.resolve_settings(["--model", "gpt", "--device", "cpu", "--wandb_log", "true"])
+
+
 @pytest.mark.parametrize("script", ["train.py", "prepare_data.py", "sample.py"])
 def test_help_works(script):
     result = run_script(script, "--help")
