@@ -13,9 +13,8 @@ a decoder-only transformer with
     qk_norm="rms" is the other common form, RMSNorm on q and k with per-channel gains and the usual 1/sqrt(d_head).
 
 It follows karpathy/nanoGPT's model.py in layout, and ngpt.py and angpt.py follow this file, so that
-`diff gpt.py ngpt.py` shows what nGPT changes. Every model file has the same small interface that
-train.py relies on (see README.md, "The model interface"): Config, Model(config), forward(idx, targets),
-optimizer_groups(weight_decay), after_step(), generate(...), and RECIPE, the paper's training recipe.
+`diff gpt.py ngpt.py` shows what nGPT changes. Every model file has the interface of README.md, "The model
+interface".
 
 Positional encoding (rope):
   "standard"  - true RoPE (Su et al.), base 10000, rotate-half convention. The nGPT paper's choice.

@@ -23,8 +23,8 @@ Each run writes into --out_dir (default out/<model>):
                metrics param_norm, param_norm_layers, rel_step, alignment, dir_cos} and an eval record every
                --eval_interval steps {iter, tokens, train_loss, val_loss, lr, time_s, wall_s, scales, and norms.py's
                eval metrics hidden_norm, saturation, saturation_kind, saturation_attn, attn_logit_std, heads,
-               heads_saturated}
-  config.json  the resolved settings
+               heads_saturated}, and with --skip_nonfinite {iter, skipped, skipped_total} for a step not taken
+  config.json  the resolved settings, with the data's vocab_size and tokens_hash
   ckpt.pt      the latest checkpoint (model, optimizer, settings, step, RNG state); --resume continues from it
 """
 
