@@ -23,9 +23,9 @@ the forward, so that Adam's steps on them are s_init/s_scale times larger in eff
   alpha_a    transformer.h.{l}.alpha_attn.weight   (n_embd,)                0.05, then abs()    0.01
   alpha_m    transformer.h.{l}.alpha_mlp.weight    (n_embd,)                0.05, then abs()    0.01
   s_z        s_z.weight                            (vocab_size,)            1                   0.01
-  g          transformer.h.{l}.attn.g.weight       (1,), or (n_head,)       sqrt(d_head)        (not a Scale)
+  g          transformer.h.{l}.attn.g.weight       (1,)                     sqrt(d_head)        (not a Scale)
   nu_uz      MLP.nu_uz                             sqrt(n_embd / (4 n_embd)) = 1/2
-  nu(alpha)  Block.step()                           from the current alpha, every forward
+  nu(alpha)  Block.step()                          from the current alpha, every forward
 nu_qkv = sqrt(d_model/d_head), nu_p = 1, nu_acf = 3.74 and nu_d = sqrt(d_ff/d_model) multiply vectors that are
 normalized next, which a positive constant changes neither in value nor in gradient: each is named at its line.
 

@@ -87,7 +87,7 @@ DEFAULTS = dict(
     seed=1337,
     skip_nonfinite=0,           # skip up to this many steps whose loss or gradient is not finite; 0: stop at the first
     # experiment tracking (optional: pip install wandb), as nanoGPT's
-    wandb_log=False,            # send every log record to wandb
+    wandb_log=False,            # send the numbers of every log record to wandb
     wandb_project="normalized-transformers",
     wandb_run_name=None,        # default: the name of out_dir
 )
@@ -159,7 +159,7 @@ class Parser(argparse.ArgumentParser):
 
 # the help of the options whose default alone says too little
 HELP = dict(out_dir="default: out/<model>", device="cpu, cuda, cuda:N or mps (default: cuda if available)",
-            dtype="bfloat16 autocast or float32 (default: bfloat16 on CUDA, float32 on CPU)",
+            dtype="bfloat16 autocast or float32 (default: bfloat16 on CUDA, float32 elsewhere)",
             param_dtype="bfloat16: the blocks' matrices stored and stepped by AdamW in bf16 (NVIDIA's nGPT code); "
                         "needs --dtype bfloat16")
 
@@ -194,6 +194,15 @@ def model_option_value(key, text, default):
         return parse_bool(text) if isinstance(default, bool) else type(default)(text)
     except (ValueError, argparse.ArgumentTypeError):
         raise ConfigError(f"--{key}: expected {type(default).__name__}, got {text!r}") from None
+
+
+def in_current_terms(settings):
+    """A run's settings or model config as the model files take them now: anGPT's --const_factors false (nu_uz = 1)
+    is --const_factor_mult 2, which builds the same model (nu_uz = 1/2 times 2)."""
+    settings = dict(settings)
+    if settings.pop("const_factors", True) is False:
+        settings["const_factor_mult"] = 2.0
+    return settings
 
 
 def warmup_value(warmup):
@@ -416,7 +425,7 @@ def load_trained_model(path, device="cpu"):
                           f"{checkpoint.get('model_name')}; known: {', '.join(MODELS)})")
     module = MODELS[checkpoint["model_name"]]
     try:
-        model = module.Model(module.Config(**checkpoint["model_config"]))
+        model = module.Model(module.Config(**in_current_terms(checkpoint["model_config"])))
         model.load_state_dict(checkpoint["model"])
     except (TypeError, AssertionError, RuntimeError) as e:  # saved by another version of the model file
         raise ConfigError(f"{path} does not fit {checkpoint['model_name']}.py as it is now: "
@@ -492,8 +501,8 @@ def setup_run(argv):
     run.data = Data(s, run.master, run.ddp)
     build_model(run, checkpoint)
     if run.master:
+        run.wandb = start_wandb(s) if s["wandb_log"] else None  # before any output: a failure leaves none
         start_output(run, resumed=checkpoint is not None)
-        run.wandb = start_wandb(s) if s["wandb_log"] else None
     return run
 
 
@@ -506,6 +515,8 @@ def checkpoint_to_resume(s, given):
         if not (out_dir / "ckpt.pt").exists():
             raise ConfigError(f"--resume: no checkpoint at {out_dir / 'ckpt.pt'}")
         checkpoint = torch.load(out_dir / "ckpt.pt", map_location="cpu", weights_only=True)
+        for key in ("settings", "model_config"):
+            checkpoint[key] = in_current_terms(checkpoint[key])
         saved = checkpoint["settings"]
         changed = [f"--{k} {v} (checkpoint: {saved[k]})" for k, v in given.items()
                    if (k == "model" or k in checkpoint["model_config"]) and v != saved[k]]
@@ -528,9 +539,12 @@ def build_model(run, checkpoint):
     s, module = run.s, MODELS[run.s["model"]]
     model_args = {f.name: s[f.name] for f in dataclasses.fields(module.Config) if f.name in s}
     model_args["vocab_size"] = run.data.vocab_size
-    if checkpoint is not None and model_args["vocab_size"] != checkpoint["model_config"]["vocab_size"]:
-        raise ConfigError(f"--resume: the data in {run.data.folder} gives vocab_size {run.data.vocab_size}, but the "
-                          f"checkpoint was trained with {checkpoint['model_config']['vocab_size']}")
+    saved = checkpoint["model_config"] if checkpoint is not None else model_args
+    differ = [f"{k} {saved.get(k)} there, {model_args.get(k)} now" for k in sorted(set(saved) | set(model_args))
+              if saved.get(k) != model_args.get(k)]
+    if differ:  # the data's vocabulary, or an option that the model file no longer has
+        raise ConfigError(f"--resume: the checkpoint's model is not what {s['model']}.py builds on {run.data.folder} "
+                          f"now: {', '.join(differ)}")
     torch.manual_seed(s["seed"])
     model = module.Model(module.Config(**model_args)).to(s["device"])
     if s["param_dtype"] == "bfloat16":  # the blocks' matrices, as NVIDIA's nGPT code; AdamW's moments follow them
@@ -578,15 +592,22 @@ def start_wandb(s):
     """--wandb_log true: a wandb run of these settings, which log() sends each record's numbers to."""
     import wandb  # optional, so imported only here; resolve_settings checked that it is installed
 
-    return wandb.init(project=s["wandb_project"], name=s["wandb_run_name"] or Path(s["out_dir"]).name, config=s)
+    try:
+        return wandb.init(project=s["wandb_project"], name=s["wandb_run_name"] or Path(s["out_dir"]).name, config=s)
+    except Exception as e:  # not logged in, no network: wandb's own errors
+        raise ConfigError(f"--wandb_log true: wandb did not start ({str(e).splitlines()[0][:200]}); run wandb login, "
+                          f"or set WANDB_MODE=offline") from None
 
 
 def log(run, record):
     if run.master:
         with open(run.out_dir / "log.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
-        if run.wandb:
-            run.wandb.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=record["iter"])
+        if run.wandb:  # one row per optimizer step done (a step record's iter is the index of the step just taken),
+            # an eval record's numbers under eval/, so that the two records of one step do not overwrite each other
+            evaluation = "val_loss" in record
+            run.wandb.log({("eval/" if evaluation else "") + k: v for k, v in record.items()
+                           if isinstance(v, (int, float))}, step=record["iter"] + (0 if evaluation else 1))
 
 
 def save(run):
@@ -776,11 +797,13 @@ def main(argv=None):
     run = setup_run(argv)
     start, signals = time.time(), []
     previous_handlers = catch_signals(run, signals)
-    final = train(run, signals)
-    for sig, handler in previous_handlers.items():
-        signal.signal(sig, handler)
-    if run.wandb:
-        run.wandb.finish()
+    try:
+        final = train(run, signals)
+    finally:  # also when the loss became non-finite: a sweep goes on to its next run in this process
+        for sig, handler in previous_handlers.items():
+            signal.signal(sig, handler)
+        if run.wandb:
+            run.wandb.finish()
     if run.master and not final.get("stopped"):
         print(f"done in {datetime.timedelta(seconds=round(time.time() - start))}: final val loss "
               f"{final.get('val_loss', math.nan):.4f}, best {run.best_val_loss:.4f}")

@@ -26,7 +26,7 @@ TINY = ["--n_layer", "2", "--n_head", "2", "--n_embd", "32", "--block_size", "32
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: a test of a minute or more (torch.compile); -m 'not slow' leaves them out")
+    config.addinivalue_line("markers", "slow: a minute or more (torch.compile); -m 'not slow' leaves them out")
 
 
 @pytest.fixture(scope="session")

@@ -58,6 +58,9 @@ def test_without_the_residual_factor_the_step_is_the_plain_interpolation():
     assert torch.allclose(step(residual_factor=False), torch.lerp(h, h_block, alpha))
     assert torch.allclose(step(), torch.lerp(h, h_block, alpha) * nu)
     assert torch.allclose(step(residual_factor_mult=2.0), torch.lerp(h, h_block, alpha) * nu * 2)
+    assert torch.allclose(step(residual_factor=False, residual_factor_mult=0.5), torch.lerp(h, h_block, alpha) * 0.5)
+    assert torch.allclose(step(lerp=False), h + h_block)
+    assert torch.allclose(step(lerp=False, no_lerp_nu=True), (h + h_block) / math.sqrt(2))
 
     full, plain = tiny(angpt), tiny(angpt, residual_factor=False)
     idx = torch.randint(0, VOCAB, (2, 16))

@@ -239,14 +239,16 @@ def test_wandb_log_sends_every_record_to_the_wandb_run(char_dataset, tmp_path, m
     train_tiny(char_dataset, tmp_path / "out", "--max_iters", "6", "--eval_interval", "3", "--log_interval", "2",
                "--wandb_log", "true")
     [run_file] = (tmp_path / "wandb").glob("offline-run-*/run-*.wandb")
-    rows = wandb_history(run_file)
+    rows = {row["_step"]: row for row in wandb_history(run_file)}
+    # a row per optimizer step done: an eval record's iter counts them, a step record's is its step's index
+    steps_done = lambda r: r["iter"] if "val_loss" in r else r["iter"] + 1
     logged = read_log(tmp_path / "out")
-    assert [row["_step"] for row in rows] == sorted({r["iter"] for r in logged})  # a step's records share a row
+    assert sorted(rows) == sorted({steps_done(r) for r in logged}) == [0, 2, 3, 4, 6]
     for r in logged:
-        row = next(row for row in rows if row["_step"] == r["iter"])
-        for field in ("loss", "val_loss", "lr"):
+        prefix = "eval/" if "val_loss" in r else ""  # the two records of step 6 share its row
+        for field in ("loss", "val_loss", "lr", "iter"):
             if field in r:
-                assert row[field] == pytest.approx(r[field])
+                assert rows[steps_done(r)][prefix + field] == pytest.approx(r[field])
 
 
 def test_wandb_log_without_wandb_says_how_to_install_it(monkeypatch):
@@ -364,6 +366,25 @@ def test_a_crafted_meta_pkl_stops_train_and_sample_with_one_line_and_runs_nothin
         assert result.returncode == 2 and len(lines) == 1, result.stderr
         assert "meta.pkl is not a plain meta.pkl" in lines[0] and "nothing in it was run" in lines[0]
     assert not marker.exists() and not (tmp_path / "out").exists()
+
+
+def test_a_checkpoint_of_a_retired_option_resumes_in_today_s_terms_or_names_it(char_dataset, tmp_path):
+    out_dir = tmp_path / "run"
+    train_tiny(char_dataset, out_dir, "--max_iters", "2", "--eval_interval", "2", model="angpt")
+    checkpoint = torch.load(out_dir / "ckpt.pt", weights_only=True)
+    for key in ("settings", "model_config"):  # as saved before --const_factors false became --const_factor_mult 2
+        checkpoint[key] = dict(checkpoint[key], const_factors=False)
+    torch.save(checkpoint, out_dir / "ckpt.pt")
+    assert train.load_trained_model(out_dir / "ckpt.pt")[0].transformer.h[0].mlp.nu_uz == 1.0
+    train_tiny(char_dataset, out_dir, "--max_iters", "4", "--eval_interval", "2", "--resume", model="angpt")
+    checkpoint = torch.load(out_dir / "ckpt.pt", weights_only=True)
+    assert checkpoint["iter_num"] == 4 and checkpoint["model_config"]["const_factor_mult"] == 2.0
+    # an option that the model file no longer has is named, not silently dropped
+    for key in ("settings", "model_config"):
+        checkpoint[key] = dict(checkpoint[key], g_shape="head")
+    torch.save(checkpoint, out_dir / "ckpt.pt")
+    with pytest.raises(train.ConfigError, match="g_shape head there, None now"):
+        train_tiny(char_dataset, out_dir, "--max_iters", "6", "--resume", model="angpt")
 
 
 @pytest.mark.parametrize("damage, expected", [("nanoGPT's", "is not a checkpoint of this suite's train.py"),
