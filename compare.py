@@ -152,18 +152,8 @@ def run_folders(paths, holding="log.jsonl"):
 
 
 def read_config(folder):
-    """A run's config.json in today's terms: a run logged before --warmup and --min_lr_ratio were the one way to set
-    the schedule has its warmup as warmup_frac or warmup_iters, and its final LR as min_lr; an anGPT run logged with
-    --const_factors false had nu_uz = 1, which is --const_factor_mult 2 (nu_uz = 1/2 times 2, the same numbers)."""
-    config = train.in_current_terms(json.loads((Path(folder) / "config.json").read_text()))
-    if "warmup" not in config:
-        share = config.get("warmup_frac")
-        config["warmup"] = train.warmup_value(f"{share * 100:g}%" if share is not None else config["warmup_iters"])
-    if config.get("min_lr_ratio") is None:
-        ratio = train.MODELS[config["model"]].RECIPE["min_lr_ratio"]
-        given = config["min_lr"] != config["learning_rate"] * ratio  # an --min_lr that there was then
-        config["min_lr_ratio"] = config["min_lr"] / config["learning_rate"] if given else ratio
-    return config
+    """A run's config.json, in today's options (train.in_current_terms)."""
+    return train.in_current_terms(json.loads((Path(folder) / "config.json").read_text()))
 
 
 def read_run_log(folder):

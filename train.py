@@ -197,11 +197,22 @@ def model_option_value(key, text, default):
 
 
 def in_current_terms(settings):
-    """A run's settings or model config as the model files take them now: anGPT's --const_factors false (nu_uz = 1)
-    is --const_factor_mult 2, which builds the same model (nu_uz = 1/2 times 2)."""
+    """A run's settings or model config, as logged or checkpointed by an earlier version, in today's options:
+    anGPT's --const_factors false (nu_uz = 1) is --const_factor_mult 2, which builds the same model (nu_uz = 1/2
+    times 2); a run from before --warmup and --min_lr_ratio had its warmup as warmup_frac or warmup_iters, and its
+    final LR as min_lr."""
     settings = dict(settings)
     if settings.pop("const_factors", True) is False:
         settings["const_factor_mult"] = 2.0
+    if "learning_rate" not in settings:  # a model config: no schedule
+        return settings
+    if "warmup" not in settings:
+        share = settings.get("warmup_frac")
+        settings["warmup"] = warmup_value(f"{share * 100:g}%" if share is not None else settings["warmup_iters"])
+    if settings.get("min_lr_ratio") is None:
+        ratio = MODELS[settings["model"]].RECIPE["min_lr_ratio"]
+        given = settings["min_lr"] != settings["learning_rate"] * ratio  # an --min_lr that there was then
+        settings["min_lr_ratio"] = settings["min_lr"] / settings["learning_rate"] if given else ratio
     return settings
 
 

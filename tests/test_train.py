@@ -387,6 +387,14 @@ def test_a_checkpoint_of_a_retired_option_resumes_in_today_s_terms_or_names_it(c
         train_tiny(char_dataset, out_dir, "--max_iters", "6", "--resume", model="angpt")
 
 
+def test_a_run_logged_before_warmup_and_min_lr_ratio_reads_in_today_s_terms():
+    old = dict(model="angpt", learning_rate=2e-3, warmup_frac=0.2, warmup_iters=400, min_lr=2e-5, n_layer=4)
+    assert train.in_current_terms(old) == dict(old, warmup="20%", min_lr_ratio=pytest.approx(0.01))
+    old = dict(model="gpt", learning_rate=2e-3, warmup_iters=100, min_lr=2e-4)  # an --min_lr that is not the recipe's
+    assert train.in_current_terms(old) == dict(old, warmup=100, min_lr_ratio=pytest.approx(0.1))
+    assert train.in_current_terms(dict(n_layer=4, const_factors=False)) == dict(n_layer=4, const_factor_mult=2.0)
+
+
 @pytest.mark.parametrize("damage, expected", [("nanoGPT's", "is not a checkpoint of this suite's train.py"),
                                               ("another width", "does not fit gpt.py as it is now")])
 def test_sample_names_what_is_wrong_with_a_checkpoint_in_one_line(tiny_run, tmp_path, damage, expected):
