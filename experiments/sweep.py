@@ -337,6 +337,8 @@ def plot_speedups(ax, option, by_value, x_of):
         ax.plot([x_of[v] for v in values], [math.nan if s is None else s for s in found], "o-", lw=2,
                 color=compare.COLORS.get(key), label=f"{m['label']} vs {by_value[values[0]][m['baseline']]['label']}")
         compare.mark_at_top(ax, [x_of[v] for v, s in zip(values, found) if s is None], 0, compare.COLORS.get(key))
+    if any(m.get("speedup") is None for ms in by_value.values() for m in ms.values()):
+        ax.plot([], [], color="gray", marker="x", ls="", mew=2, label="the baseline's final loss not reached (at the top)")
     for key, xs, ys, source in PAPER_SPEEDUPS.get(option, []):
         ax.plot(xs, ys, "s--", color=compare.COLORS.get(key), alpha=0.5, lw=1.5, label=source)
     if option == "max_iters":
@@ -346,7 +348,8 @@ def plot_speedups(ax, option, by_value, x_of):
     ax.set_yscale("log", base=2)
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
     ticks = sorted(set(x_of.values()) | {x for _, xs, _, _ in PAPER_SPEEDUPS.get(option, []) for x in xs})
-    ax.set_xticks(ticks, [f"{x:.2g}" if option == "max_iters" else f"{x:g}" for x in ticks])
+    tokens_per_param = lambda x: f"{x:.2g}" if x < 10 else f"{x:.0f}"
+    ax.set_xticks(ticks, [tokens_per_param(x) if option == "max_iters" else f"{x:g}" for x in ticks])
     ax.set_xlabel("training tokens per parameter" if option == "max_iters" else option)
     ax.set_ylabel("speedup: baseline steps / model steps to the baseline's final loss")
     ax.set_title("speedup over each model's baseline")
