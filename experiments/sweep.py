@@ -233,10 +233,24 @@ def summarize(points):
     return models
 
 
+def to_the_same_loss(curve, base, target, base_steps):
+    """A model's speedup over its baseline in steps to the same loss: to the baseline's `target`, which it reaches at
+    base_steps. A model that never reaches it is compared at its own final loss instead, which the baseline reaches
+    first: the speedup is then below 1, where a trend would otherwise break."""
+    steps = compare.steps_to_reach(curve["iters"], curve["val_loss"], target)
+    reached = steps is not None
+    if not reached:
+        target = curve["val_loss"][-1]
+        steps = compare.steps_to_reach(curve["iters"], curve["val_loss"], target)
+        base_steps = compare.steps_to_reach(base["iters"], base["val_loss"], target)
+    return dict(target_loss=target, baseline_steps=base_steps, steps_to_target=steps, reached=reached,
+                speedup=compare.speedup(base_steps, steps))
+
+
 def speedups(points, values, baseline=None):
-    """{value: compare.summarize of the runs at that value that did not diverge}: each model's steps to its baseline's
-    final loss and the speedup, and under "at_best" the same at the baseline's lowest mean val loss, which a baseline
-    that overfits reaches before its last step."""
+    """{value: compare.summarize of the runs at that value that did not diverge}, with each model's steps to its
+    baseline's final loss and the speedup (to_the_same_loss), and under "at_best" the same at the baseline's lowest
+    mean val loss, which a baseline that overfits reaches before its last step."""
     out = {}
     for value in values:
         runs = [dict(compare.read_run(r["dir"]), key=key) for key, by_value in points.items()
@@ -245,11 +259,13 @@ def speedups(points, values, baseline=None):
         for key, m in models.items():
             base = models[m["baseline"]]["curve"]
             lowest = int(np.argmin(base["val_loss"]))
-            target, base_steps = base["val_loss"][lowest], float(base["iters"][lowest])
-            steps = base_steps if key == m["baseline"] else compare.steps_to_reach(m["curve"]["iters"],
-                                                                                  m["curve"]["val_loss"], target)
-            m["at_best"] = dict(target_loss=target, baseline_steps=base_steps, steps_to_target=steps,
-                                speedup=compare.speedup(base_steps, steps))
+            if key == m["baseline"]:
+                m["reached"] = True
+                m["at_best"] = dict(target_loss=base["val_loss"][lowest], baseline_steps=float(base["iters"][lowest]),
+                                    steps_to_target=float(base["iters"][lowest]), reached=True, speedup=1.0)
+                continue
+            m.update(to_the_same_loss(m["curve"], base, m["target_loss"], m["baseline_steps"]))
+            m["at_best"] = to_the_same_loss(m["curve"], base, base["val_loss"][lowest], float(base["iters"][lowest]))
         out[value] = models
     return out
 
@@ -326,10 +342,11 @@ def set_log_x(ax):
 
 def plot_speedups(ax, option, by_value, x_of):
     """Each model's speedup over its baseline against the value (log-log), with the papers' figures: a line breaks
-    where the baseline's loss is not reached, and a cross at the top marks the value."""
+    where there is none (the model or its baseline diverged), and a cross at the top marks the value."""
     from matplotlib.ticker import FuncFormatter
 
     values = list(by_value)
+    missing = False
     for key, m in by_value[values[0]].items():
         if m["baseline"] == key:
             continue  # a baseline's speedup over itself is 1 by definition
@@ -337,8 +354,9 @@ def plot_speedups(ax, option, by_value, x_of):
         ax.plot([x_of[v] for v in values], [math.nan if s is None else s for s in found], "o-", lw=2,
                 color=compare.COLORS.get(key), label=f"{m['label']} vs {by_value[values[0]][m['baseline']]['label']}")
         compare.mark_at_top(ax, [x_of[v] for v, s in zip(values, found) if s is None], 0, compare.COLORS.get(key))
-    if any(m.get("speedup") is None for ms in by_value.values() for m in ms.values()):
-        ax.plot([], [], color="gray", marker="x", ls="", mew=2, label="the baseline's final loss not reached (at the top)")
+        missing = missing or None in found
+    if missing:
+        ax.plot([], [], color="gray", marker="x", ls="", mew=2, label="no speedup: diverged (at the top)")
     for key, xs, ys, source in PAPER_SPEEDUPS.get(option, []):
         ax.plot(xs, ys, "s--", color=compare.COLORS.get(key), alpha=0.5, lw=1.5, label=source)
     if option == "max_iters":
@@ -351,7 +369,7 @@ def plot_speedups(ax, option, by_value, x_of):
     tokens_per_param = lambda x: f"{x:.2g}" if x < 10 else f"{x:.0f}"
     ax.set_xticks(ticks, [tokens_per_param(x) if option == "max_iters" else f"{x:g}" for x in ticks])
     ax.set_xlabel("training tokens per parameter" if option == "max_iters" else option)
-    ax.set_ylabel("speedup: baseline steps / model steps to the baseline's final loss")
+    ax.set_ylabel("speedup: baseline steps / model steps to the same loss")
     ax.set_title("speedup over each model's baseline")
     ax.grid(alpha=0.3)
     ax.legend(frameon=False, fontsize=8)
@@ -413,9 +431,10 @@ def speedup_table(option, by_value, points, tokens_per_step, field=None):
                 cells.append("diverged")
                 continue
             at = mv[field] if field else mv
-            reached = (f"{at['steps_to_target']:.0f} steps to {at['target_loss']:.4f}, {at['speedup']:.2f}x"
-                       if at["steps_to_target"] is not None else f"{at['target_loss']:.4f} not reached")
-            cells.append(f"{mv['final_val_loss_mean']:.4f}; {reached}")
+            steps = (f"{at['steps_to_target']:.0f} steps to {at['target_loss']:.4f}" if at["reached"] else
+                     f"not reached; at its final {at['target_loss']:.4f}: baseline {at['baseline_steps']:.0f} steps, "
+                     f"model {at['steps_to_target']:.0f}")
+            cells.append(f"{mv['final_val_loss_mean']:.4f}; {steps}, {at['speedup']:.2f}x")
         lines.append(f"| {m['label']} ({first[m['baseline']]['label']}) | " + " | ".join(cells) + " |")
     return lines
 
@@ -460,7 +479,9 @@ def markdown(option, models, extra, settings, diverged_runs, command):
                   "Each cell: the final val loss; the steps to the baseline's final val loss at that value (mean "
                   "curves "
                   "over seeds), and the speedup: the baseline's steps over the model's. The baselines are the papers': "
-                  "nGPT against GPT, anGPT against GPT+ with its paper's recipe (Table F.2) where it was trained."]
+                  "nGPT against GPT, anGPT against GPT+ with its paper's recipe (Table F.2) where it was trained. "
+                  "A model that does not reach the baseline's final loss is compared at its own final loss, which the "
+                  "baseline reaches first: its speedup is below 1x."]
         if option == "block_size":
             lines += [f"Every context trains on {tokens_per_step} tokens per step for the same number of steps, so on "
                       "the same tokens, and with --eval_iters fixed evaluates the same number of tokens. The nGPT "

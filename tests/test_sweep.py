@@ -182,6 +182,16 @@ def test_a_trends_speedups_are_recomputed_from_the_logged_curves_of_the_picked_r
     assert "| model (baseline) | n_layer 1 | n_layer 2 |" in (out / "results.md").read_text()
 
 
+def test_a_model_that_never_reaches_its_baselines_loss_is_compared_at_its_own_final_loss():
+    base = dict(iters=[0, 100, 200], val_loss=[4.0, 2.0, 1.0])
+    faster = sweep.to_the_same_loss(dict(iters=[0, 100, 200], val_loss=[4.0, 1.0, 0.8]), base, 1.0, 200.0)
+    assert (faster["reached"], faster["steps_to_target"], faster["speedup"]) == (True, 100, 2.0)
+    # the slower model ends at 1.5, which the baseline reaches halfway from step 100 to 200, at 150
+    slower = sweep.to_the_same_loss(dict(iters=[0, 100, 200], val_loss=[4.0, 3.0, 1.5]), base, 1.0, 200.0)
+    assert (slower["reached"], slower["target_loss"], slower["baseline_steps"]) == (False, 1.5, 150)
+    assert slower["steps_to_target"] == 200 and slower["speedup"] == 0.75
+
+
 def test_reuse_copies_the_finished_runs_of_another_folder_instead_of_training(depth_trend, tmp_path, capsys):
     argv, first_out, first = depth_trend
     capsys.readouterr()
