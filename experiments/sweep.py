@@ -571,7 +571,6 @@ def main(argv=None):
         args.tokens_per_step = ref["batch_size"] * ref["gradient_accumulation_steps"] * ref["block_size"]
     args.lr_grids = {}
     args.option, values = parse_sweep(p, args, rest)
-    option = args.option
     if args.baseline and args.baseline not in keys:
         p.error(f"--baseline {args.baseline}: not among --models {','.join(keys)}")
     reusable = compare.reusable_runs(args.reuse)
@@ -583,7 +582,25 @@ def main(argv=None):
         points, probes, picked = tuned_runs(keys, values, args, rest, reusable)
     else:
         points = plain_runs(keys, values, args, rest, reusable)
+    return report(argv, args, ref, values, points, probes, picked)
 
+
+def plot_title(option, settings, budget, args):
+    """The plot's title: what is swept, and the settings that every run shares."""
+    shown = lambda name: name != option and not isinstance(settings.get(name), dict)  # the same in every run
+    length = (f"{budget['tokens']:,} tokens per run (max_iters x {option} fixed)" if budget else
+              f"{settings['max_iters']} steps" if shown("max_iters") else "")
+    return ", ".join(part for part in (
+        f"Against {option}. {settings['preset']} preset: {settings['dataset']}",
+        f"{settings['n_layer']} layers" if shown("n_layer") else "", f"width {settings['n_embd']}" if shown("n_embd")
+        else "", f"{args.tokens_per_step} tokens per step" if option == "block_size" else "", length,
+        f"{args.seeds} seed{'s' * (args.seeds > 1)}", "each point's LR tuned" if args.tune_lr else "")
+        if part)
+
+
+def report(argv, args, ref, values, points, probes, picked):
+    """Write sweep.png, results.md and results.json into --out_dir from the runs; returns the results."""
+    option, keys = args.option, list(points)
     budget = dict(reference=ref[option], max_iters=ref["max_iters"], tokens=ref["max_iters"] * ref["batch_size"]
                   * ref["gradient_accumulation_steps"] * ref["block_size"]) if option in TOKEN_BUDGET_OPTIONS else None
     models = summarize(points)
@@ -595,18 +612,9 @@ def main(argv=None):
     if picked:  # the probes that were not picked are results too
         runs += [(key, value, r) for key in keys for value in values for lr, r in probes[key][value].items()
                  if lr != picked[key][value]]
-    shown = lambda name: name != option and not isinstance(settings.get(name), dict)  # the same in every run
-    length = (f"{budget['tokens']:,} tokens per run (max_iters x {option} fixed)" if budget else
-              f"{settings['max_iters']} steps" if shown("max_iters") else "")
-    title = ", ".join(part for part in (
-        f"Against {option}. {settings['preset']} preset: {settings['dataset']}",
-        f"{settings['n_layer']} layers" if shown("n_layer") else "", f"width {settings['n_embd']}" if shown("n_embd")
-        else "", f"{args.tokens_per_step} tokens per step" if option == "block_size" else "", length,
-        f"{args.seeds} seed{'s' * (args.seeds > 1)}", "each point's LR tuned" if args.tune_lr else "")
-        if part)
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    plot(option, models, by_value, x_of, out_dir / "sweep.png", args.log_x, title)
+    plot(option, models, by_value, x_of, out_dir / "sweep.png", args.log_x, plot_title(option, settings, budget, args))
     command = "python -m experiments.sweep " + shlex.join(argv)
     extra = dict(budget=budget, speedups=by_value, points=points, tokens_per_step=args.tokens_per_step,
                  probes=probes, picked=picked, lr_grids=args.lr_grids)
