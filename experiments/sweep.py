@@ -259,12 +259,10 @@ def speedups(points, values, baseline=None):
         for key, m in models.items():
             base = models[m["baseline"]]["curve"]
             lowest = int(np.argmin(base["val_loss"]))
-            if key == m["baseline"]:
+            if key == m["baseline"]:  # reaches its own final loss at its last step, by definition
                 m["reached"] = True
-                m["at_best"] = dict(target_loss=base["val_loss"][lowest], baseline_steps=float(base["iters"][lowest]),
-                                    steps_to_target=float(base["iters"][lowest]), reached=True, speedup=1.0)
-                continue
-            m.update(to_the_same_loss(m["curve"], base, m["target_loss"], m["baseline_steps"]))
+            else:
+                m.update(to_the_same_loss(m["curve"], base, m["target_loss"], m["baseline_steps"]))
             m["at_best"] = to_the_same_loss(m["curve"], base, base["val_loss"][lowest], float(base["iters"][lowest]))
         out[value] = models
     return out
