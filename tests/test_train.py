@@ -232,12 +232,13 @@ def wandb_history(path):
 
 
 def test_wandb_log_sends_every_record_to_the_wandb_run(char_dataset, tmp_path, monkeypatch):
-    pytest.importorskip("wandb")
+    wandb = pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_MODE", "offline")  # no account, no network
     for folder in ("WANDB_DIR", "WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
         monkeypatch.setenv(folder, str(tmp_path))
     train_tiny(char_dataset, tmp_path / "out", "--max_iters", "6", "--eval_interval", "3", "--log_interval", "2",
                "--wandb_log", "true")
+    wandb.teardown()  # the run file is complete once wandb's service has shut down, as when a user's process exits
     [run_file] = (tmp_path / "wandb").glob("offline-run-*/run-*.wandb")
     rows = {row["_step"]: row for row in wandb_history(run_file)}
     # a row per optimizer step done: an eval record's iter counts them, a step record's is its step's index
